@@ -1,0 +1,34 @@
+// Backend choice: the device of the first tensor argument picks the backend.
+#pragma once
+
+#include "backend.h"
+#include "openmla/error.h"
+
+namespace openmla::detail {
+
+// Calls cpu::op or sm90::op for `device`; `arg` is named in the error of a build without CUDA.
+template <class Params>
+void dispatch(Device device, const char* arg, const Params& p, void (*cpu_op)(const Params&),
+              void (*cuda_op)(const Params&)) {
+  if (device.type == DeviceType::kCPU) {
+    cpu_op(p);
+    return;
+  }
+#if defined(OPENMLA_WITH_CUDA)
+  (void)arg;
+  cuda_op(p);
+#else
+  (void)cuda_op;
+  throw Error(arg, "tensor is on " + device_name(device) +
+                       " but this build of OpenMLA has no CUDA backend (built without a CUDA "
+                       "toolkit)");
+#endif
+}
+
+#if defined(OPENMLA_WITH_CUDA)
+#define OPENMLA_CUDA_OP(name) (&::openmla::sm90::name)
+#else
+#define OPENMLA_CUDA_OP(name) (nullptr)
+#endif
+
+}  // namespace openmla::detail

@@ -1,0 +1,3 @@
+#include <gtest/gtest.h>
+#include "openmla/openmla.h"
+TEST(Smoke, Version) { EXPECT_GE(openmla::kVersionMinor, 0); }

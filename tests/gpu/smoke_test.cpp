@@ -1,0 +1,3 @@
+#include <gtest/gtest.h>
+#include "openmla/openmla.h"
+TEST(GpuSmoke, BuiltWithCuda) { EXPECT_TRUE(openmla::built_with_cuda()); }
