@@ -14,10 +14,9 @@ namespace {
 }  // namespace
 
 const char* implemented_operators() {
-  return "quantize_kv_cache,dequantize_kv_cache,append_kv_cache";
+  return "dense_decode,quantize_kv_cache,dequantize_kv_cache,append_kv_cache";
 }
 
-void dense_decode(const DenseDecodeParams&) { not_implemented("dense_decode", "issue 3"); }
 void sparse_decode(const SparseDecodeParams&) {
   not_implemented("sparse_decode", "the sparse decode issue");
 }
@@ -29,14 +28,6 @@ void dense_prefill_forward(const DensePrefillParams&) {
 }
 void dense_prefill_backward(const DensePrefillBackwardParams&) {
   not_implemented("dense_prefill_backward", "the dense prefill issue");
-}
-
-// The split-KV planner lands with the dense decode kernel (issue 3). A plan can be made on a CUDA
-// device (so callers can be written now); updating it is what is not there yet.
-void plan_create(DecodePlan::Impl&) {}
-void plan_destroy(DecodePlan::Impl&) {}
-void plan_update(DecodePlan::Impl&, const TensorView&, Stream) {
-  not_implemented("DecodePlan::update", "issue 3 (split-KV planner)");
 }
 
 }  // namespace openmla::sm90

@@ -1,0 +1,47 @@
+// TMA tensor-map encoding (tma.h).
+#include "cuda/common/tma.h"
+
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <string>
+
+#include "cuda/common/cuda_check.h"
+#include "openmla/error.h"
+
+namespace openmla::sm90 {
+
+namespace {
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    OPENMLA_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000,
+                                                        cudaEnableDefault, &q));
+    if (q != cudaDriverEntryPointSuccess || ptr == nullptr)
+      throw Error("cuda", "the driver has no cuTensorMapEncodeTiled (needs CUDA 12+ driver)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+}  // namespace
+
+CUtensorMap make_tensor_map_4d(const char* arg, const void* base, CUtensorMapDataType dtype,
+                               const uint64_t dims[4], const uint64_t strides_bytes[3],
+                               const uint32_t box[4]) {
+  CUtensorMap map;
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  cuuint64_t d[4] = {dims[0], dims[1], dims[2], dims[3]};
+  cuuint64_t s[3] = {strides_bytes[0], strides_bytes[1], strides_bytes[2]};
+  cuuint32_t b[4] = {box[0], box[1], box[2], box[3]};
+  CUresult r = encode_fn()(&map, dtype, 4, const_cast<void*>(base), d, s, b, elem_strides,
+                           CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw Error(arg, "cannot describe this tensor to the TMA engine (cuTensorMapEncodeTiled error " +
+                         std::to_string(static_cast<int>(r)) +
+                         "): base must be 16-byte aligned and strides multiples of 16 bytes");
+  return map;
+}
+
+}  // namespace openmla::sm90

@@ -1,0 +1,118 @@
+// Dense decode launcher: CUDA-specific checks, TMA map of the paged cache, kernel + combine.
+#include <numeric>
+
+#include "backend.h"
+#include "cuda/common/cuda_check.h"
+#include "cuda/common/tma.h"
+#include "cuda/decode_dense/kernel.cuh"
+#include "cuda/schedule/plan.h"
+
+namespace openmla::sm90 {
+
+namespace {
+
+using namespace dense_decode_detail;
+
+void require_aligned(const TensorView& t, const char* arg, int64_t bytes_align, int dims_checked) {
+  const auto addr = reinterpret_cast<uintptr_t>(t.data);
+  const int64_t es = static_cast<int64_t>(dtype_size(t.dtype));
+  bool ok = addr % bytes_align == 0;
+  for (int d = 0; d < dims_checked; ++d)
+    if (t.shape[d] > 1 && (t.strides[d] * es) % bytes_align != 0) ok = false;
+  if (!ok)
+    throw Error(arg, "the CUDA kernel needs a " + std::to_string(bytes_align) +
+                         "-byte aligned base and strides that are multiples of " +
+                         std::to_string(bytes_align) + " bytes, got " + t.describe());
+}
+
+template <int kChunks, bool kFp16>
+void launch(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 grid,
+            cudaStream_t stream) {
+  auto kernel = dense_decode_kernel<kChunks, kFp16>;
+  static bool configured = false;  // per instantiation; the attribute is per device function
+  if (!configured) {
+    OPENMLA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            Smem<kChunks>::kAlloc));
+    configured = true;
+  }
+  kernel<<<grid, kThreads, Smem<kChunks>::kAlloc, stream>>>(map, kp);
+  OPENMLA_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void dense_decode(const DenseDecodeParams& p) {
+  const int64_t b = p.q.shape[0], s_q = p.q.shape[1], h_q = p.q.shape[2], d_qk = p.q.shape[3];
+  const int64_t num_pages = p.k_cache.shape[0], page_size = p.k_cache.shape[1];
+  const int64_t h_kv = p.k_cache.shape[2];
+  PlanState& st = plan_state(*p.plan);
+  if (!st.updated)
+    throw Error("plan", "DecodePlan::update(cache_seqlens) must run (on this stream) before the "
+                        "first dense_decode with the plan");
+  require_aligned(p.q, "q", 16, 3);
+  require_aligned(p.out, "out", 16, 3);
+  require_aligned(p.k_cache, "k_cache", 16, 3);
+  if (num_pages > (int64_t(1) << 31) - 1 || b * s_q * h_q > (int64_t(1) << 31) - 1)
+    throw Error("k_cache", "sizes beyond int32 are not supported by the CUDA kernel");
+  OPENMLA_CUDA_CHECK(cudaSetDevice(p.q.device.index));
+
+  const bool fp16 = p.q.dtype == DType::kFloat16;
+  const uint64_t dims[4] = {static_cast<uint64_t>(d_qk), static_cast<uint64_t>(h_kv),
+                            static_cast<uint64_t>(page_size), static_cast<uint64_t>(num_pages)};
+  const uint64_t strides[3] = {static_cast<uint64_t>(p.k_cache.strides[2] * 2),
+                               static_cast<uint64_t>(p.k_cache.strides[1] * 2),
+                               static_cast<uint64_t>(p.k_cache.strides[0] * 2)};
+  // Boxes of up to 64 tokens that never straddle a page: blocks start at multiples of 64.
+  const int box_tokens = std::gcd(static_cast<int>(std::min<int64_t>(page_size, 1 << 30)), 64);
+  const uint32_t box[4] = {64, 1, static_cast<uint32_t>(box_tokens), 1};
+  const CUtensorMap map = make_tensor_map_4d(
+      "k_cache", p.k_cache.data,
+      fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, dims, strides, box);
+
+  DenseDecodeKernelParams kp{};
+  kp.q = p.q.data;
+  kp.q_stride_b = p.q.strides[0];
+  kp.q_stride_s = p.q.strides[1];
+  kp.q_stride_h = p.q.strides[2];
+  kp.out = p.out.data;
+  kp.o_stride_b = p.out.strides[0];
+  kp.o_stride_s = p.out.strides[1];
+  kp.o_stride_h = p.out.strides[2];
+  kp.lse = static_cast<float*>(p.lse.data);
+  kp.lse_stride_b = p.lse.strides[0];
+  kp.lse_stride_h = p.lse.strides[1];
+  kp.lse_stride_s = p.lse.strides[2];
+  kp.block_table = static_cast<const int32_t*>(p.block_table.data);
+  kp.bt_stride = p.block_table.strides[0];
+  kp.max_pages = static_cast<int>(p.block_table.shape[1]);
+  kp.seqlens = static_cast<const int32_t*>(p.cache_seqlens.data);
+  kp.seqlens_stride = p.cache_seqlens.strides[0];
+  kp.num_pages = static_cast<int>(num_pages);
+  kp.page_size = static_cast<int>(page_size);
+  kp.box_tokens = box_tokens;
+  kp.batch = static_cast<int>(b);
+  kp.s_q = static_cast<int>(s_q);
+  kp.h_q = static_cast<int>(h_q);
+  kp.h_kv = static_cast<int>(h_kv);
+  kp.group = static_cast<int>(h_q / h_kv);
+  kp.rows = st.rows;
+  kp.m_blocks = st.m_blocks;
+  kp.scale = p.softmax_scale;
+  kp.scale_log2 = p.softmax_scale * 1.4426950408889634f;
+  kp.causal = p.causal ? 1 : 0;
+  kp.fp16 = fp16 ? 1 : 0;
+  kp.plan = st.buf;
+
+  const auto stream = static_cast<cudaStream_t>(p.stream);
+  const dim3 grid(st.m_blocks, static_cast<unsigned>(h_kv), st.buf.num_parts);
+  if (d_qk == 576) {
+    if (fp16) launch<9, true>(map, kp, grid, stream);
+    else launch<9, false>(map, kp, grid, stream);
+  } else {
+    if (fp16) launch<8, true>(map, kp, grid, stream);
+    else launch<8, false>(map, kp, grid, stream);
+  }
+  launch_combine(kp, stream);
+}
+
+}  // namespace openmla::sm90

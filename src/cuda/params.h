@@ -1,0 +1,46 @@
+// POD parameters of the CUDA kernels (host-visible; no CUDA types). Strides are in elements.
+#pragma once
+
+#include <cstdint>
+
+namespace openmla::sm90 {
+
+// Split-KV schedule of one decode step (filled on the device by the planner).
+// Work is cut into "parts"; grid = (m_blocks, h_kv, num_parts). Part p covers requests
+// [begin_req, last_req] with block ranges [begin_blk, ...) for the first and [..., last_blk_end)
+// for the last (blocks of 64 tokens); begin_split is the split index of its first request.
+inline constexpr int kPlanMetaInts = 8;
+enum PlanMeta : int { kBeginReq = 0, kBeginBlk, kLastReq, kLastBlkEnd, kBeginSplit };
+
+struct PlanBuffers {
+  int32_t* meta;          // [num_parts][kPlanMetaInts]
+  int32_t* num_splits;    // [b]: pieces request i is cut into (1 = written directly to out)
+  int32_t* accum_offset;  // [b]: first accumulator slot of request i (only when num_splits > 1)
+  float* o_accum;         // [accum_slots][h_kv][rows][512]: normalized partial outputs
+  float* lse_accum;       // [accum_slots][h_kv][rows]: partial lse (natural log; -inf = empty)
+  int num_parts;
+  int accum_slots;        // 2 * (num_parts - 1): bound on the pieces of split requests
+};
+
+struct DenseDecodeKernelParams {
+  const void* q;  // [b, s_q, h_q, d_qk]
+  int64_t q_stride_b, q_stride_s, q_stride_h;
+  void* out;  // [b, s_q, h_q, 512]
+  int64_t o_stride_b, o_stride_s, o_stride_h;
+  float* lse;  // [b, h_q, s_q]
+  int64_t lse_stride_b, lse_stride_h, lse_stride_s;
+  const int32_t* block_table;  // [b, max_pages]
+  int64_t bt_stride;
+  int max_pages;
+  const int32_t* seqlens;  // [b]
+  int64_t seqlens_stride;
+  int num_pages, page_size, box_tokens;
+  int batch, s_q, h_q, h_kv, group, rows;  // rows = s_q * group (query rows per KV head)
+  int m_blocks;                             // ceil(rows / 64)
+  float scale, scale_log2;
+  int causal;
+  int fp16;  // q/k_cache/out are fp16 (else bf16)
+  PlanBuffers plan;
+};
+
+}  // namespace openmla::sm90

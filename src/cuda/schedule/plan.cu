@@ -1,0 +1,192 @@
+// Split-KV planner (device-side, no host sync, fixed-size buffers: CUDA-graph safe) and the
+// combine kernel that merges split requests by their lse.
+#include <algorithm>
+#include <cmath>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/common/cuda_check.h"
+#include "cuda/schedule/plan.h"
+
+namespace openmla::sm90 {
+
+namespace {
+
+// Cost of starting a piece of work (Q load, epilogue, a share of the combine), in KV blocks.
+constexpr int kFixedCost = 3;
+
+// One thread plans everything: the loop is O(b + parts) and runs in a few microseconds for the
+// batch sizes of decode; a serial plan is also trivially deterministic.
+__global__ void planner_kernel(const int32_t* __restrict__ seqlens, int64_t seqlens_stride,
+                               int batch, PlanBuffers buf) {
+  if (threadIdx.x != 0) return;
+  const int parts = buf.num_parts;
+  long long total = 0;
+  for (int i = 0; i < batch; ++i) {
+    const int len = max(0, seqlens[i * seqlens_stride]);
+    total += (len + kBlockTokens - 1) / kBlockTokens + kFixedCost;
+  }
+  const long long per_part = max(static_cast<long long>(kFixedCost + 1), (total + parts - 1) / parts);
+  int i = 0, blk = 0, split = 0;
+  int nblk = batch > 0 ? (max(0, seqlens[0]) + kBlockTokens - 1) / kBlockTokens : 0;
+  for (int p = 0; p < parts; ++p) {
+    int32_t* m = buf.meta + p * kPlanMetaInts;
+    m[kBeginReq] = i;
+    m[kBeginBlk] = blk;
+    m[kBeginSplit] = split;
+    m[kLastReq] = i - 1;  // empty unless something is taken below
+    m[kLastBlkEnd] = 0;
+    long long cap = (p == parts - 1) ? (1ll << 62) : per_part;
+    while (i < batch) {
+      const int rem = nblk - blk;
+      if (rem + kFixedCost <= cap) {  // the rest of request i fits: finish it here
+        cap -= rem + kFixedCost;
+        m[kLastReq] = i;
+        m[kLastBlkEnd] = nblk;
+        buf.num_splits[i] = split + 1;
+        ++i;
+        blk = 0;
+        split = 0;
+        if (i < batch) nblk = (max(0, seqlens[i * seqlens_stride]) + kBlockTokens - 1) / kBlockTokens;
+        if (cap <= kFixedCost) break;
+      } else {  // take what fits and continue request i in the next part
+        const long long take = cap - kFixedCost;
+        if (take >= 1) {
+          m[kLastReq] = i;
+          m[kLastBlkEnd] = blk + static_cast<int>(take);
+          blk += static_cast<int>(take);
+          ++split;
+        }
+        break;
+      }
+    }
+  }
+  // Accumulator slots, only for requests cut into several pieces.
+  int slot = 0;
+  for (int r = 0; r < batch; ++r) {
+    buf.accum_offset[r] = slot;
+    if (buf.num_splits[r] > 1) slot += buf.num_splits[r];
+  }
+}
+
+// One CTA per (request, query row of a KV head, KV head); 128 threads x 4 dims.
+__global__ void combine_kernel(DenseDecodeKernelParams p) {
+  const int req = blockIdx.x, row = blockIdx.y, hk = blockIdx.z;
+  const int n = p.plan.num_splits[req];
+  if (n <= 1) return;
+  const int base = p.plan.accum_offset[req];
+  const int s = row / p.group, h = hk * p.group + row % p.group;
+  auto slot_index = [&](int k) { return (static_cast<int64_t>(base + k) * p.h_kv + hk) * p.rows + row; };
+  float mx = -INFINITY;
+  for (int k = 0; k < n; ++k) mx = fmaxf(mx, p.plan.lse_accum[slot_index(k)]);
+  float sum = 0.0f;
+  for (int k = 0; k < n; ++k) {
+    const float l = p.plan.lse_accum[slot_index(k)];
+    sum += (l == -INFINITY) ? 0.0f : expf(l - mx);
+  }
+  const bool empty = mx == -INFINITY;
+  const float lse = empty ? INFINITY : mx + logf(sum);
+  const int d0 = threadIdx.x * 4;
+  float acc[4] = {0, 0, 0, 0};
+  if (!empty) {
+    for (int k = 0; k < n; ++k) {
+      const float l = p.plan.lse_accum[slot_index(k)];
+      if (l == -INFINITY) continue;
+      const float w = expf(l - lse);
+      const float4 v = *reinterpret_cast<const float4*>(p.plan.o_accum + slot_index(k) * 512 + d0);
+      acc[0] += w * v.x;
+      acc[1] += w * v.y;
+      acc[2] += w * v.z;
+      acc[3] += w * v.w;
+    }
+  }
+  uint16_t* out = static_cast<uint16_t*>(p.out) + req * p.o_stride_b + s * p.o_stride_s +
+                  h * p.o_stride_h + d0;
+  uint16_t bits[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c)
+    bits[c] = p.fp16 ? __half_as_ushort(__float2half_rn(acc[c]))
+                     : __bfloat16_as_ushort(__float2bfloat16_rn(acc[c]));
+  uint2 packed;
+  packed.x = bits[0] | (static_cast<uint32_t>(bits[1]) << 16);
+  packed.y = bits[2] | (static_cast<uint32_t>(bits[3]) << 16);
+  *reinterpret_cast<uint2*>(out) = packed;
+  if (threadIdx.x == 0) p.lse[req * p.lse_stride_b + h * p.lse_stride_h + s * p.lse_stride_s] = lse;
+}
+
+}  // namespace
+
+PlanState& plan_state(const DecodePlan& plan) {
+  return *static_cast<PlanState*>(plan.impl()->workspace);
+}
+
+void plan_create(DecodePlan::Impl& impl) {
+  const DecodePlanConfig& c = impl.config;
+  OPENMLA_CUDA_CHECK(cudaSetDevice(impl.device.index));
+  int sms = c.num_sms;
+  if (sms == 0)
+    OPENMLA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, impl.device.index));
+  auto* st = new PlanState();
+  st->rows = c.s_q * (c.h_q / c.h_kv);
+  st->m_blocks = (st->rows + 63) / 64;
+  const int ctas_per_part = st->m_blocks * c.h_kv;
+  st->buf.num_parts = std::max(1, sms / ctas_per_part);
+  st->buf.accum_slots = 2 * (st->buf.num_parts - 1);
+  const size_t b = static_cast<size_t>(std::max(c.batch, 1));
+  const size_t slot_rows = static_cast<size_t>(st->buf.accum_slots) * c.h_kv * st->rows;
+  const size_t ints = st->buf.num_parts * kPlanMetaInts + 2 * b;
+  const size_t bytes = ints * 4 + 256 + slot_rows * 4 + 256 + slot_rows * 512 * 4;
+  char* base = nullptr;
+  try {
+    OPENMLA_CUDA_CHECK(cudaMalloc(&base, bytes));
+  } catch (...) {
+    delete st;
+    throw;
+  }
+  auto align = [](size_t x) { return (x + 255) / 256 * 256; };
+  size_t off = 0;
+  st->buf.meta = reinterpret_cast<int32_t*>(base + off);
+  off += st->buf.num_parts * kPlanMetaInts * 4;
+  st->buf.num_splits = reinterpret_cast<int32_t*>(base + off);
+  off += b * 4;
+  st->buf.accum_offset = reinterpret_cast<int32_t*>(base + off);
+  off = align(off + b * 4);
+  st->buf.lse_accum = reinterpret_cast<float*>(base + off);
+  off = align(off + slot_rows * 4);
+  st->buf.o_accum = reinterpret_cast<float*>(base + off);
+  impl.workspace = st;
+  impl.workspace_bytes = bytes;
+}
+
+void plan_destroy(DecodePlan::Impl& impl) {
+  auto* st = static_cast<PlanState*>(impl.workspace);
+  if (!st) return;
+  cudaFree(st->buf.meta);  // the base of the one allocation; no throw from a destructor
+  delete st;
+  impl.workspace = nullptr;
+}
+
+void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream stream) {
+  auto* st = static_cast<PlanState*>(impl.workspace);
+  if (impl.config.sparse)
+    throw Error("plan", "sparse decode plans are not implemented on CUDA yet (sparse decode issue)");
+  if (impl.config.batch_invariant)
+    throw Error("config.batch_invariant",
+                "batch-invariant split-KV schedules are not implemented on CUDA yet (issue 3)");
+  if (impl.config.batch == 0) return;
+  planner_kernel<<<1, 32, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const int32_t*>(cache_seqlens.data), cache_seqlens.strides[0], impl.config.batch,
+      st->buf);
+  OPENMLA_CUDA_CHECK_LAUNCH();
+  st->updated = true;
+}
+
+void launch_combine(const DenseDecodeKernelParams& p, cudaStream_t stream) {
+  if (p.plan.num_parts <= 1) return;  // nothing is ever split
+  dim3 grid(p.batch, p.rows, p.h_kv);
+  combine_kernel<<<grid, 128, 0, stream>>>(p);
+  OPENMLA_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace openmla::sm90

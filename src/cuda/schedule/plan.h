@@ -1,0 +1,25 @@
+// Split-KV planner and combine for the decoders (host side of schedule/plan.cu).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "backend.h"
+#include "cuda/params.h"
+
+namespace openmla::sm90 {
+
+inline constexpr int kBlockTokens = 64;  // KV tokens per block (one wgmma N tile)
+
+struct PlanState {
+  PlanBuffers buf{};
+  int m_blocks = 1;
+  int rows = 1;  // query rows per KV head
+  bool updated = false;
+};
+
+PlanState& plan_state(const DecodePlan& plan);
+
+// Merges the partial results of split requests into out/lse (requests not split are skipped).
+void launch_combine(const DenseDecodeKernelParams& p, cudaStream_t stream);
+
+}  // namespace openmla::sm90
