@@ -19,13 +19,30 @@ static void validate_plan_config(const DecodePlanConfig& c) {
                                    std::to_string(c.h_kv) + ")");
   if (c.d_qk != 576 && c.d_qk != 512)
     throw Error("config.d_qk", "expected 576 or 512, got " + std::to_string(c.d_qk));
-  if (c.num_sms < 0) throw Error("config.num_sms", "expected >= 0 (0 = all SMs)");
-  if (c.sparse && (c.topk < 0 || c.extra_topk < 0))
-    throw Error("config.topk", "expected topk and extra_topk >= 0");
+  if (int64_t(c.s_q) * c.h_q > check::kMaxDimSize)
+    throw Error("config.s_q", "expected s_q * h_q <= 2^31 - 1 (query rows of a request), got " +
+                                  std::to_string(c.s_q) + " * " + std::to_string(c.h_q));
+  if (c.num_sms < 0)
+    throw Error("config.num_sms", "expected >= 0 (0 = all SMs), got " + std::to_string(c.num_sms));
+  if (c.sparse) {
+    if (c.topk < 0) throw Error("config.topk", "expected >= 0, got " + std::to_string(c.topk));
+    if (c.extra_topk < 0)
+      throw Error("config.extra_topk", "expected >= 0, got " + std::to_string(c.extra_topk));
+    if (c.h_kv != 1)
+      throw Error("config.h_kv", "expected 1 for a sparse plan (FP8 caches hold one KV head), got " +
+                                     std::to_string(c.h_kv));
+    if (c.causal)
+      throw Error("config.causal", "expected false for a sparse plan (sparse decode has no causal "
+                                   "mask; the indices select the keys)");
+  }
 }
 
 DecodePlan::DecodePlan(Device device, const DecodePlanConfig& config)
     : impl_(std::make_unique<Impl>()) {
+  if (device.type != DeviceType::kCPU && device.type != DeviceType::kCUDA)
+    throw Error("device", "expected cpu or cuda, got " + device_name(device));
+  if (device.type == DeviceType::kCUDA && device.index < 0)
+    throw Error("device", "expected a CUDA device index >= 0, got " + device_name(device));
   validate_plan_config(config);
   impl_->device = device;
   impl_->config = config;
@@ -54,17 +71,30 @@ DecodePlan& DecodePlan::operator=(DecodePlan&& o) noexcept {
   return *this;
 }
 
-const DecodePlanConfig& DecodePlan::config() const { return impl_->config; }
-Device DecodePlan::device() const { return impl_->device; }
+static void check_not_moved_from(const DecodePlan::Impl* impl) {
+  if (impl == nullptr) throw Error("plan", "use of a moved-from DecodePlan");
+}
+
+const DecodePlanConfig& DecodePlan::config() const {
+  check_not_moved_from(impl_.get());
+  return impl_->config;
+}
+Device DecodePlan::device() const {
+  check_not_moved_from(impl_.get());
+  return impl_->device;
+}
 
 void DecodePlan::update(const TensorView& cache_seqlens, Stream stream) {
-  if (!impl_) throw Error("plan", "use of a moved-from DecodePlan");
+  check_not_moved_from(impl_.get());
   const auto& c = impl_->config;
   if (!c.sparse || cache_seqlens.present()) {
     check::tensor(cache_seqlens, "cache_seqlens", 1, "[b]");
     check::dtype(cache_seqlens, "cache_seqlens", {DType::kInt32});
     check::dim(cache_seqlens, "cache_seqlens", 0, c.batch, "config.batch");
-    check::same_device(cache_seqlens, "cache_seqlens", impl_->device);
+    if (cache_seqlens.device != impl_->device)
+      check::fail("cache_seqlens", "a tensor on " + device_name(impl_->device) +
+                                       " (the device of the plan)", cache_seqlens);
+    check::device_pointers({{cache_seqlens, "cache_seqlens"}});
   }
   if (impl_->device.type == DeviceType::kCPU) return;  // the CPU backend needs no schedule
 #if defined(OPENMLA_WITH_CUDA)
@@ -79,6 +109,7 @@ static void check_plan(const DecodePlan* plan, Device device, const DecodePlanCo
   if (plan == nullptr)
     throw Error("plan", "a DecodePlan (made for these shapes and updated for this step) is "
                         "required on " + device_name(device));
+  check_not_moved_from(plan->impl());
   const DecodePlanConfig& c = plan->config();
   if (plan->device() != device)
     throw Error("plan", "plan was made for " + device_name(plan->device()) + ", tensors are on " +
@@ -90,6 +121,11 @@ static void check_plan(const DecodePlan* plan, Device device, const DecodePlanCo
                             ", h_kv " + std::to_string(c.h_kv) + ", d_qk " +
                             std::to_string(c.d_qk) + ", causal " + std::to_string(c.causal) +
                             ", sparse " + std::to_string(c.sparse) + ") than this call");
+  if (want.sparse && (c.topk != want.topk || c.extra_topk != want.extra_topk))
+    throw Error("plan", "plan was made for topk " + std::to_string(c.topk) + " and extra_topk " +
+                            std::to_string(c.extra_topk) + ", this call has " +
+                            std::to_string(want.topk) + " and " + std::to_string(want.extra_topk) +
+                            " (dim 2 of indices and extra_indices)");
 }
 
 // ---------------- dense decode ----------------
@@ -147,7 +183,12 @@ static void validate(const DenseDecodeParams& p) {
   want.h_kv = static_cast<int>(h_kv);
   want.d_qk = static_cast<int>(d_qk);
   want.causal = p.causal;
+  check::outputs({{p.out, "out"}, {p.lse, "lse"}},
+                 {{p.q, "q"}, {p.k_cache, "k_cache"}, {p.block_table, "block_table"},
+                  {p.cache_seqlens, "cache_seqlens"}});
   check_plan(p.plan, dev, want);
+  check::device_pointers({{p.q, "q"}, {p.k_cache, "k_cache"}, {p.block_table, "block_table"},
+                          {p.cache_seqlens, "cache_seqlens"}, {p.out, "out"}, {p.lse, "lse"}});
 }
 
 void dense_decode(const DenseDecodeParams& params) {
@@ -237,7 +278,19 @@ static void validate(const SparseDecodeParams& p) {
   want.h_kv = 1;
   want.d_qk = static_cast<int>(d_qk);
   want.sparse = true;
+  want.topk = static_cast<int>(p.indices.shape[2]);
+  want.extra_topk = extra ? static_cast<int>(p.extra_indices.shape[2]) : 0;
+  check::outputs({{p.out, "out"}, {p.lse, "lse"}},
+                 {{p.q, "q"}, {p.k_cache, "k_cache"}, {p.indices, "indices"},
+                  {p.topk_length, "topk_length"}, {p.attn_sink, "attn_sink"},
+                  {p.extra_k_cache, "extra_k_cache"}, {p.extra_indices, "extra_indices"},
+                  {p.extra_topk_length, "extra_topk_length"}});
   check_plan(p.plan, dev, want);
+  check::device_pointers({{p.q, "q"}, {p.k_cache, "k_cache"}, {p.indices, "indices"},
+                          {p.topk_length, "topk_length"}, {p.attn_sink, "attn_sink"},
+                          {p.extra_k_cache, "extra_k_cache"}, {p.extra_indices, "extra_indices"},
+                          {p.extra_topk_length, "extra_topk_length"}, {p.out, "out"},
+                          {p.lse, "lse"}});
 }
 
 void sparse_decode(const SparseDecodeParams& params) {

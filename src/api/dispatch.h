@@ -1,15 +1,18 @@
 // Backend choice: the device of the first tensor argument picks the backend.
 #pragma once
 
+#include <type_traits>
+
 #include "backend.h"
 #include "openmla/error.h"
 
 namespace openmla::detail {
 
 // Calls cpu::op or sm90::op for `device`; `arg` is named in the error of a build without CUDA.
+// (cuda_op is not deduced: a CPU-only build passes nullptr for it.)
 template <class Params>
 void dispatch(Device device, const char* arg, const Params& p, void (*cpu_op)(const Params&),
-              void (*cuda_op)(const Params&)) {
+              std::type_identity_t<void (*)(const Params&)> cuda_op) {
   if (device.type == DeviceType::kCPU) {
     cpu_op(p);
     return;

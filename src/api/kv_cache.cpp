@@ -55,6 +55,7 @@ static void check_bf16_pages(const TensorView& t, const char* arg, const KVCache
                              Device dev) {
   check::tensor(t, arg, 4, "[num_pages, page_size, 1, d_qk]");
   check::dtype(t, arg, {DType::kBFloat16});
+  check::positive(t.shape[1], arg, "page_size (dim 1)");
   check::dim(t, arg, 2, 1, "h_kv: FP8 caches hold one KV head");
   check::dim(t, arg, 3, info.d_qk, "d_qk of the format");
   check::same_device(t, arg, dev);
@@ -67,6 +68,8 @@ void quantize_kv_cache(const QuantizeKVParams& p) {
   check_fp8_cache(p.cache, "cache", p.format, p.input.device);
   check::dim(p.cache, "cache", 0, p.input.shape[0], "num_pages of input");
   check::dim(p.cache, "cache", 1, p.input.shape[1], "page_size of input");
+  check::outputs({{p.cache, "cache"}}, {{p.input, "input"}});
+  check::device_pointers({{p.input, "input"}, {p.cache, "cache"}});
   if (p.input.numel() == 0) return;
   detail::dispatch(p.input.device, "input", p, &cpu::quantize_kv_cache,
                    OPENMLA_CUDA_OP(quantize_kv_cache));
@@ -79,6 +82,8 @@ void dequantize_kv_cache(const DequantizeKVParams& p) {
   check_bf16_pages(p.output, "output", info, p.cache.device);
   check::dim(p.output, "output", 0, p.cache.shape[0], "num_pages of cache");
   check::dim(p.output, "output", 1, p.cache.shape[1], "page_size of cache");
+  check::outputs({{p.output, "output"}}, {{p.cache, "cache"}});
+  check::device_pointers({{p.cache, "cache"}, {p.output, "output"}});
   if (p.output.numel() == 0) return;
   detail::dispatch(p.cache.device, "cache", p, &cpu::dequantize_kv_cache,
                    OPENMLA_CUDA_OP(dequantize_kv_cache));
@@ -96,6 +101,8 @@ void append_kv_cache(const AppendKVParams& p) {
   check::dim(p.slots, "slots", 0, p.input.shape[0], "n of input");
   check::same_device(p.slots, "slots", dev);
   check_fp8_cache(p.cache, "cache", p.format, dev);
+  check::outputs({{p.cache, "cache"}}, {{p.input, "input"}, {p.slots, "slots"}});
+  check::device_pointers({{p.input, "input"}, {p.slots, "slots"}, {p.cache, "cache"}});
   if (p.input.shape[0] == 0) return;
   detail::dispatch(dev, "input", p, &cpu::append_kv_cache, OPENMLA_CUDA_OP(append_kv_cache));
 }

@@ -52,6 +52,12 @@ static void validate(const SparsePrefillParams& p) {
     check::dim(t, name, 1, h_q, "h_q of q");
     check::same_device(t, name, dev);
   }
+  check::outputs({{p.out, "out"}, {p.max_logits, "max_logits"}, {p.lse, "lse"}},
+                 {{p.q, "q"}, {p.kv, "kv"}, {p.indices, "indices"}, {p.attn_sink, "attn_sink"},
+                  {p.topk_length, "topk_length"}});
+  check::device_pointers({{p.q, "q"}, {p.kv, "kv"}, {p.indices, "indices"},
+                          {p.attn_sink, "attn_sink"}, {p.topk_length, "topk_length"},
+                          {p.out, "out"}, {p.max_logits, "max_logits"}, {p.lse, "lse"}});
 }
 
 void sparse_prefill(const SparsePrefillParams& params) {
@@ -138,6 +144,11 @@ void dense_prefill_forward(const DensePrefillParams& params) {
   const Device dev = p.q.device;
   check_out3(p.out, "out", s.total_q, s.h_q, s.d_v, "[total_q, h_q, d_v]", dev);
   check_lse(p.lse, s, dev);
+  check::outputs({{p.out, "out"}, {p.lse, "lse"}},
+                 {{p.q, "q"}, {p.k, "k"}, {p.v, "v"}, {p.cu_seqlens_q, "cu_seqlens_q"},
+                  {p.cu_seqlens_k, "cu_seqlens_k"}});
+  check::device_pointers({{p.q, "q"}, {p.k, "k"}, {p.v, "v"}, {p.cu_seqlens_q, "cu_seqlens_q"},
+                          {p.cu_seqlens_k, "cu_seqlens_k"}, {p.out, "out"}, {p.lse, "lse"}});
   DensePrefillParams r = p;
   r.softmax_scale = check::resolve_scale(p.softmax_scale, s.d_qk);
   if (s.total_q == 0) return;
@@ -155,6 +166,14 @@ void dense_prefill_backward(const DensePrefillBackwardParams& params) {
   check_out3(p.dq, "dq", s.total_q, s.h_q, s.d_qk, "[total_q, h_q, d_qk]", dev);
   check_out3(p.dk, "dk", s.total_k, s.h_kv, s.d_qk, "[total_k, h_kv, d_qk]", dev);
   check_out3(p.dv, "dv", s.total_k, s.h_kv, s.d_v, "[total_k, h_kv, d_v]", dev);
+  check::outputs({{p.dq, "dq"}, {p.dk, "dk"}, {p.dv, "dv"}},
+                 {{p.dout, "dout"}, {p.q, "q"}, {p.k, "k"}, {p.v, "v"}, {p.out, "out"},
+                  {p.lse, "lse"}, {p.cu_seqlens_q, "cu_seqlens_q"},
+                  {p.cu_seqlens_k, "cu_seqlens_k"}});
+  check::device_pointers({{p.q, "q"}, {p.k, "k"}, {p.v, "v"}, {p.dout, "dout"}, {p.out, "out"},
+                          {p.lse, "lse"}, {p.cu_seqlens_q, "cu_seqlens_q"},
+                          {p.cu_seqlens_k, "cu_seqlens_k"}, {p.dq, "dq"}, {p.dk, "dk"},
+                          {p.dv, "dv"}});
   DensePrefillBackwardParams r = p;
   r.softmax_scale = check::resolve_scale(p.softmax_scale, s.d_qk);
   if (s.total_q == 0 && s.total_k == 0) return;

@@ -34,19 +34,28 @@ const char* dtype_name(DType dtype) {
 }
 
 std::string device_name(Device device) {
-  return device.type == DeviceType::kCPU ? std::string("cpu")
-                                         : "cuda:" + std::to_string(device.index);
+  switch (device.type) {
+    case DeviceType::kCPU:  // the index of a CPU device means nothing; shown when it is not 0
+      return device.index == 0 ? std::string("cpu") : "cpu:" + std::to_string(device.index);
+    case DeviceType::kCUDA:
+      return "cuda:" + std::to_string(device.index);
+  }
+  return "unknown device type " + std::to_string(int(device.type));
 }
 
 int64_t TensorView::numel() const {
   if (ndim < 0) return 0;
+  for (int i = 0; i < ndim; ++i)
+    if (shape[i] == 0) return 0;
   int64_t n = 1;
   for (int i = 0; i < ndim; ++i) n *= shape[i];
   return n;
 }
 
-static void fill(TensorView& t, std::initializer_list<int64_t> shape, const char* who) {
-  if (shape.size() > static_cast<size_t>(kMaxDims)) throw Error(who, "more than 6 dimensions");
+static void fill(TensorView& t, std::initializer_list<int64_t> shape) {
+  if (shape.size() > static_cast<size_t>(kMaxDims))
+    throw Error("shape", "expected at most " + std::to_string(kMaxDims) + " dimensions, got " +
+                             std::to_string(shape.size()));
   t.ndim = static_cast<int>(shape.size());
   int i = 0;
   for (int64_t s : shape) t.shape[i++] = s;
@@ -58,7 +67,7 @@ TensorView TensorView::contiguous(void* data, DType dtype, Device device,
   t.data = data;
   t.dtype = dtype;
   t.device = device;
-  fill(t, shape, "tensor");
+  fill(t, shape);
   int64_t s = 1;
   for (int i = t.ndim - 1; i >= 0; --i) {
     t.strides[i] = s;
@@ -74,8 +83,11 @@ TensorView TensorView::strided(void* data, DType dtype, Device device,
   t.data = data;
   t.dtype = dtype;
   t.device = device;
-  fill(t, shape, "tensor");
-  if (strides.size() != shape.size()) throw Error("tensor", "shape and strides differ in rank");
+  fill(t, shape);
+  if (strides.size() != shape.size())
+    throw Error("strides", "expected one stride per dimension of shape (" +
+                               std::to_string(shape.size()) + "), got " +
+                               std::to_string(strides.size()));
   int i = 0;
   for (int64_t s : strides) t.strides[i++] = s;
   return t;

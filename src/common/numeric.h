@@ -1,5 +1,7 @@
 // Scalar conversions shared by the CPU backend, the tests and (host/device) the CUDA kernels:
 // bf16, fp16, float8 e4m3fn and UE8M0, all round-to-nearest-even, bit-exact with the hardware.
+// Every NaN converts to the canonical positive NaN of the target format: GPU arithmetic does not
+// keep NaN signs or payloads, and CPU and GPU must write identical bytes.
 #pragma once
 
 #include <cmath>
@@ -29,7 +31,7 @@ OPENMLA_HD float bits_f32(uint32_t u) {
 OPENMLA_HD float bf16_to_f32(uint16_t h) { return bits_f32(static_cast<uint32_t>(h) << 16); }
 OPENMLA_HD uint16_t f32_to_bf16(float f) {
   uint32_t u = f32_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // canonical NaN (see file note)
   u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
   return static_cast<uint16_t>(u >> 16);
 }
@@ -49,7 +51,7 @@ OPENMLA_HD uint16_t f32_to_f16(float f) {
   uint32_t u = f32_bits(f);
   uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (a > 0x7f800000u) return 0x7e00u;          // canonical NaN
   if (a >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: inf
   if (a < 0x38800000u) {                         // below 2^-14: subnormal, step 2^-24
     float v = bits_f32(a) * 16777216.0f;         // exact scaling by 2^24
@@ -65,7 +67,7 @@ OPENMLA_HD float e4m3_to_f32(uint8_t b) {
   uint32_t exp = (b >> 3) & 0xf, man = b & 7u;
   float v;
   if (exp == 0xf && man == 7) {
-    v = bits_f32(0x7fc00000u);
+    return bits_f32(0x7fc00000u);  // canonical NaN
   } else if (exp == 0) {
     v = static_cast<float>(man) * 0.001953125f;  // man * 2^-9
   } else {
@@ -79,7 +81,7 @@ OPENMLA_HD uint8_t f32_to_e4m3(float f) {
   uint32_t u = f32_bits(f);
   uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
   uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return sign | 0x7f;
+  if (a > 0x7f800000u) return 0x7f;  // canonical NaN
   if (a >= 0x43e00000u) return sign | 0x7e;  // >= 448 (and inf): saturate
   if (a < 0x3c800000u) {                     // below 2^-6: subnormal, step 2^-9
     float r = nearbyintf(bits_f32(a) * 512.0f);

@@ -1,0 +1,49 @@
+// openmla-bench GPU helpers: checked CUDA/cuBLAS calls, an owning device buffer, device-side random
+// fill (bench/device_fill.cu). Only compiled into a build with the CUDA backend.
+#pragma once
+
+#if defined(OPENMLA_WITH_CUDA)
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "cuda/common/cuda_check.h"  // OPENMLA_CUDA_CHECK: throws openmla::Error("cuda", ...)
+
+namespace openmla::bench {
+
+// A cudaMalloc'd buffer, freed when it goes out of scope (so each configuration gives its memory
+// back before the next one is built).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// dst[i] = bf16(sigma * N(0, 1)) from a counter-based hash of (seed, i): no curand, no state.
+void fill_normal_bf16(void* dst, size_t count, uint64_t seed, float sigma, cudaStream_t stream);
+
+}  // namespace openmla::bench
+
+#endif  // OPENMLA_WITH_CUDA

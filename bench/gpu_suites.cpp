@@ -1,0 +1,487 @@
+// openmla-bench GPU mode: builds each SPEC §8 configuration on the device, times the whole call
+// (DecodePlan::update + operator) by CUDA-graph replay and as one eager call, and reports.
+#if defined(OPENMLA_WITH_CUDA)
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <iostream>
+#include <memory>
+
+#include "bench.h"
+#include "gpu.h"
+
+namespace openmla::bench {
+
+void measure_copy_ceiling(bool quick, Ceilings& ceil);  // gpu_ceilings.cpp
+void measure_gemm_ceiling(bool quick, Ceilings& ceil);
+
+int cuda_device_count(std::string& why) {
+  int n = 0;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) {
+    why = std::string("cudaGetDeviceCount: ") + cudaGetErrorName(err) + " (" +
+          cudaGetErrorString(err) + ")";
+    (void)cudaGetLastError();  // clear it: the CPU path must not trip over it
+    return 0;
+  }
+  if (n == 0) why = "cudaGetDeviceCount reports 0 devices";
+  return n;
+}
+
+namespace {
+
+const Device kGpu = cuda_device(0);
+constexpr int kMaxSets = 32;
+
+// One input set: its device buffers and the whole call on them.
+struct InputSet {
+  std::vector<DeviceBuffer> bufs;
+  std::function<void(cudaStream_t)> call;
+};
+
+struct Case {
+  std::unique_ptr<DecodePlan> plan;  // shared by the sets (same lengths, same shapes)
+  std::vector<InputSet> sets;
+  Work work;
+};
+
+// CUDA events, destroyed on every path out of a scope.
+class Events {
+ public:
+  explicit Events(int n) : ev_(n, nullptr) {
+    for (auto& e : ev_) OPENMLA_CUDA_CHECK(cudaEventCreate(&e));
+  }
+  ~Events() {
+    for (auto& e : ev_)
+      if (e != nullptr) (void)cudaEventDestroy(e);
+  }
+  Events(const Events&) = delete;
+  Events& operator=(const Events&) = delete;
+  cudaEvent_t operator[](size_t i) const { return ev_[i]; }
+  // Milliseconds between events i and j.
+  float ms(size_t i, size_t j) const {
+    float t = 0;
+    OPENMLA_CUDA_CHECK(cudaEventElapsedTime(&t, ev_[i], ev_[j]));
+    return t;
+  }
+
+ private:
+  std::vector<cudaEvent_t> ev_;
+};
+
+class StreamGuard {
+ public:
+  StreamGuard() { OPENMLA_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+  ~StreamGuard() { (void)cudaStreamDestroy(s_); }
+  StreamGuard(const StreamGuard&) = delete;
+  StreamGuard& operator=(const StreamGuard&) = delete;
+  cudaStream_t get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+template <class T>
+TensorView upload(InputSet& set, const std::vector<T>& host, DType dtype,
+                  std::initializer_list<int64_t> shape, cudaStream_t stream) {
+  set.bufs.emplace_back(std::max<size_t>(host.size() * sizeof(T), 1));
+  DeviceBuffer& b = set.bufs.back();
+  if (!host.empty())
+    OPENMLA_CUDA_CHECK(cudaMemcpyAsync(b.get(), host.data(), host.size() * sizeof(T),
+                                       cudaMemcpyHostToDevice, stream));
+  // Synchronous here: `host` may not outlive this call.
+  OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return TensorView::contiguous(b.get(), dtype, kGpu, shape);
+}
+
+// A device tensor of random bf16 (N(0, 1)) values.
+TensorView random_bf16(InputSet& set, std::initializer_list<int64_t> shape, uint64_t seed,
+                       cudaStream_t stream) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  set.bufs.emplace_back(size_t(std::max<int64_t>(n, 1)) * 2);
+  fill_normal_bf16(set.bufs.back().get(), size_t(n), seed, 1.0f, stream);
+  return TensorView::contiguous(set.bufs.back().get(), DType::kBFloat16, kGpu, shape);
+}
+
+// An output tensor, zeroed.
+TensorView output(InputSet& set, DType dtype, std::initializer_list<int64_t> shape,
+                  cudaStream_t stream) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  const size_t bytes = size_t(std::max<int64_t>(n, 1)) * dtype_size(dtype);
+  set.bufs.emplace_back(bytes);
+  OPENMLA_CUDA_CHECK(cudaMemsetAsync(set.bufs.back().get(), 0, bytes, stream));
+  return TensorView::contiguous(set.bufs.back().get(), dtype, kGpu, shape);
+}
+
+// An FP8 cache of random tokens, quantized on the device by the library's own kernel in chunks
+// (a bf16 staging buffer of the whole cache would double the memory of the big configurations).
+TensorView random_fp8_cache(InputSet& set, KVCacheFormat f, int64_t num_pages, int page,
+                            int64_t page_bytes, uint64_t seed, cudaStream_t stream) {
+  const KVCacheFormatInfo info = format_info(f);
+  set.bufs.emplace_back(size_t(num_pages * page_bytes));
+  uint8_t* base = set.bufs.back().as<uint8_t>();
+  OPENMLA_CUDA_CHECK(cudaMemsetAsync(base, 0, size_t(num_pages * page_bytes), stream));
+  const int64_t token_bytes = int64_t(page) * info.d_qk * 2;
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(num_pages, (256ll << 20) / token_bytes));
+  DeviceBuffer staging(size_t(chunk * token_bytes));
+  for (int64_t p0 = 0; p0 < num_pages; p0 += chunk) {
+    const int64_t np = std::min(chunk, num_pages - p0);
+    fill_normal_bf16(staging.get(), size_t(np * page * info.d_qk), seed + uint64_t(p0), 1.0f,
+                     stream);
+    QuantizeKVParams qp;
+    qp.input = TensorView::contiguous(staging.get(), DType::kBFloat16, kGpu, {np, page, 1, info.d_qk});
+    qp.cache = TensorView::strided(base + p0 * page_bytes, DType::kUInt8, kGpu,
+                                   {np, page, 1, info.bytes_per_token},
+                                   {page_bytes, info.bytes_per_token, info.bytes_per_token, 1});
+    qp.format = f;
+    qp.stream = stream;
+    quantize_kv_cache(qp);
+  }
+  OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));  // before `staging` is freed
+  return TensorView::strided(base, DType::kUInt8, kGpu, {num_pages, page, 1, info.bytes_per_token},
+                             {page_bytes, info.bytes_per_token, info.bytes_per_token, 1});
+}
+
+// Device bytes one input set takes (for the rotation and memory decisions).
+size_t set_bytes(const Config& c, const DecodeInputs* d, const PrefillInputs* p) {
+  const double out = 2.0 * c.s_q * c.h_q * 512 * (c.op == Op::kSparsePrefill ? 1 : c.b);
+  double bytes = 0;
+  if (c.op == Op::kDenseDecode) {
+    bytes = 2.0 * c.b * c.s_q * c.h_q * c.d_qk + 2.0 * d->layout.num_pages * c.page * c.h_kv * c.d_qk +
+            4.0 * d->layout.block_table.size() + out;
+  } else if (c.op == Op::kSparseDecode) {
+    bytes = 2.0 * c.b * c.s_q * c.h_q * c.d_qk + double(d->layout.num_pages) * d->page_bytes +
+            double(d->extra_layout.num_pages) * d->extra_page_bytes +
+            4.0 * (d->indices.size() + d->extra_indices.size()) + out;
+  } else {
+    bytes = 2.0 * c.s_q * c.h_q * c.d_qk + 2.0 * c.s_kv * c.d_qk + 4.0 * p->indices.size() + out +
+            8.0 * c.s_q * c.h_q;
+  }
+  return size_t(bytes) + (1 << 20);
+}
+
+// Builds `n_sets` input sets of configuration `c` (all with the same host-side metadata).
+Case build_case(const Config& c, const DecodeInputs* d, const PrefillInputs* pin, int n_sets,
+                cudaStream_t stream) {
+  Case k;
+  if (c.op == Op::kDenseDecode || c.op == Op::kSparseDecode) {
+    DecodePlanConfig pc;
+    pc.batch = c.b;
+    pc.s_q = c.s_q;
+    pc.h_q = c.h_q;
+    pc.h_kv = c.op == Op::kDenseDecode ? c.h_kv : 1;
+    pc.d_qk = c.d_qk;
+    pc.causal = c.causal;
+    pc.sparse = c.op == Op::kSparseDecode;
+    pc.topk = c.topk;
+    pc.extra_topk = c.extra_topk;
+    k.plan = std::make_unique<DecodePlan>(kGpu, pc);
+  }
+  DecodePlan* plan = k.plan.get();
+  for (int s = 0; s < n_sets; ++s) {
+    k.sets.emplace_back();
+    InputSet& set = k.sets.back();
+    const uint64_t seed = c.seed() + 0x1000003ull * uint64_t(s + 1);
+    if (c.op == Op::kDenseDecode) {
+      DenseDecodeParams p;
+      p.q = random_bf16(set, {c.b, c.s_q, c.h_q, c.d_qk}, seed ^ 1, stream);
+      p.k_cache = random_bf16(set, {d->layout.num_pages, c.page, c.h_kv, c.d_qk}, seed ^ 2, stream);
+      p.block_table = upload(set, d->layout.block_table, DType::kInt32, {c.b, d->layout.max_pages}, stream);
+      p.cache_seqlens = upload(set, d->lengths, DType::kInt32, {c.b}, stream);
+      p.out = output(set, DType::kBFloat16, {c.b, c.s_q, c.h_q, 512}, stream);
+      p.lse = output(set, DType::kFloat32, {c.b, c.h_q, c.s_q}, stream);
+      p.causal = c.causal;
+      p.plan = plan;
+      set.call = [p, plan](cudaStream_t st) mutable {
+        p.stream = st;
+        plan->update(p.cache_seqlens, st);
+        dense_decode(p);
+      };
+    } else if (c.op == Op::kSparseDecode) {
+      SparseDecodeParams p;
+      p.q = random_bf16(set, {c.b, c.s_q, c.h_q, c.d_qk}, seed ^ 1, stream);
+      p.k_cache = random_fp8_cache(set, c.format, d->layout.num_pages, c.page, d->page_bytes,
+                                   seed ^ 2, stream);
+      p.indices = upload(set, d->indices, DType::kInt32, {c.b, c.s_q, c.topk}, stream);
+      if (!d->attn_sink.empty())
+        p.attn_sink = upload(set, d->attn_sink, DType::kFloat32, {c.h_q}, stream);
+      if (c.extra_topk > 0) {
+        p.extra_k_cache = random_fp8_cache(set, c.format, d->extra_layout.num_pages, c.extra_page,
+                                           d->extra_page_bytes, seed ^ 3, stream);
+        p.extra_indices = upload(set, d->extra_indices, DType::kInt32, {c.b, c.s_q, c.extra_topk}, stream);
+        if (!d->extra_topk_length.empty())
+          p.extra_topk_length = upload(set, d->extra_topk_length, DType::kInt32, {c.b}, stream);
+      }
+      p.out = output(set, DType::kBFloat16, {c.b, c.s_q, c.h_q, 512}, stream);
+      p.lse = output(set, DType::kFloat32, {c.b, c.h_q, c.s_q}, stream);
+      p.plan = plan;
+      set.call = [p, plan](cudaStream_t st) mutable {
+        p.stream = st;
+        plan->update(TensorView{}, st);  // sparse: work per request is topk, no lengths needed
+        sparse_decode(p);
+      };
+    } else {
+      SparsePrefillParams p;
+      p.q = random_bf16(set, {c.s_q, c.h_q, c.d_qk}, seed ^ 1, stream);
+      p.kv = random_bf16(set, {c.s_kv, 1, c.d_qk}, seed ^ 2, stream);
+      p.indices = upload(set, pin->indices, DType::kInt32, {c.s_q, 1, c.topk}, stream);
+      if (!pin->attn_sink.empty())
+        p.attn_sink = upload(set, pin->attn_sink, DType::kFloat32, {c.h_q}, stream);
+      p.out = output(set, DType::kBFloat16, {c.s_q, c.h_q, 512}, stream);
+      p.max_logits = output(set, DType::kFloat32, {c.s_q, c.h_q}, stream);
+      p.lse = output(set, DType::kFloat32, {c.s_q, c.h_q}, stream);
+      set.call = [p](cudaStream_t st) mutable {
+        p.stream = st;
+        sparse_prefill(p);
+      };
+    }
+  }
+  OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return k;
+}
+
+bool mentions_not_implemented(const std::string& s) {
+  return s.find("not implemented") != std::string::npos;
+}
+
+// Times the case: eager calls first (they also tell whether the operator exists), then a CUDA
+// graph holding one call per input set, replayed.
+void time_case(Case& k, const Options& opt, cudaStream_t stream, Result& r) {
+  const int n = int(k.sets.size());
+  // 1. First call: not-implemented and other errors surface here, outside any capture.
+  k.sets[0].call(stream);
+  OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+
+  // 2. Eager: single calls on an idle stream, CUDA events around each, rotating over the sets.
+  std::vector<double> eager, host;
+  {
+    Events ev(2);
+    const int eager_reps = opt.quick ? 3 : 11;
+    for (int i = 0; i < eager_reps; ++i) {
+      InputSet& s = k.sets[(i + 1) % n];
+      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
+      const auto t0 = std::chrono::steady_clock::now();
+      s.call(stream);
+      const auto t1 = std::chrono::steady_clock::now();
+      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[1], stream));
+      OPENMLA_CUDA_CHECK(cudaEventSynchronize(ev[1]));
+      eager.push_back(ev.ms(0, 1) * 1e3);
+      host.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    }
+  }
+  std::sort(eager.begin(), eager.end());
+  std::sort(host.begin(), host.end());
+  r.eager_us = eager[eager.size() / 2];
+  r.host_us = host[host.size() / 2];
+
+  // 3. Graph: capture one call per set, replay; per-call time = replay time / sets.
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  try {
+    OPENMLA_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      for (InputSet& s : k.sets) s.call(stream);
+    } catch (...) {
+      cudaGraph_t g = nullptr;
+      (void)cudaStreamEndCapture(stream, &g);
+      if (g != nullptr) (void)cudaGraphDestroy(g);
+      (void)cudaGetLastError();
+      throw;
+    }
+    OPENMLA_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    OPENMLA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  } catch (const std::exception& e) {
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    r.message = std::string("CUDA-graph capture failed, eager time only: ") + e.what();
+    return;
+  }
+  try {
+    for (int i = 0; i < 2; ++i) OPENMLA_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    // Replays: as many as fit in about a second (0.2 s with --quick), within [lo, hi].
+    const double per_replay_us = std::max(1.0, r.eager_us * n);
+    const int lo = opt.quick ? 5 : 20, hi = opt.quick ? 20 : 200;
+    const int reps = std::clamp(int((opt.quick ? 0.2e6 : 1.0e6) / per_replay_us), lo, hi);
+    Events ev(reps + 1);
+    OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
+    for (int i = 0; i < reps; ++i) {
+      OPENMLA_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[i + 1], stream));
+    }
+    OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    std::vector<double> us(reps);
+    for (int i = 0; i < reps; ++i) us[i] = ev.ms(i, i + 1) * 1e3 / n;
+    std::sort(us.begin(), us.end());
+    r.graph_us = us[reps / 2];
+    r.graph_min_us = us.front();
+    r.replays = reps;
+  } catch (...) {
+    (void)cudaGraphExecDestroy(exec);
+    (void)cudaGraphDestroy(graph);
+    throw;
+  }
+  OPENMLA_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  OPENMLA_CUDA_CHECK(cudaGraphDestroy(graph));
+}
+
+// After an error: is the context still usable (no sticky error)?
+bool context_usable(std::string& why) {
+  cudaError_t err = cudaDeviceSynchronize();
+  if (err == cudaSuccess) err = cudaGetLastError();
+  if (err == cudaSuccess) return true;
+  why = std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err);
+  return false;
+}
+
+std::string gib(double bytes) { return format_double(bytes / double(1ull << 30), 2) + " GiB"; }
+
+Result run_config(const Config& c, const Options& opt, const DeviceInfo& dev, cudaStream_t stream) {
+  Result r;
+  r.config = c;
+  DecodeInputs din;
+  PrefillInputs pin;
+  if (c.op == Op::kSparsePrefill) {
+    pin = make_prefill_inputs(c);
+    r.work = pin.work;
+  } else {
+    din = make_decode_inputs(c);
+    r.work = din.work;
+  }
+  const size_t per_set = set_bytes(c, &din, &pin);
+  size_t free_b = 0, total_b = 0;
+  OPENMLA_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  // Rotate over several input sets when one would sit in L2 between replays.
+  int n_sets = 1;
+  const double l2 = double(dev.l2_bytes > 0 ? dev.l2_bytes : (60ll << 20));
+  if (r.work.bytes < 2 * l2) n_sets = int(std::ceil(4 * l2 / std::max(r.work.bytes, 1.0)));
+  n_sets = std::clamp(n_sets, 1, kMaxSets);
+  while (n_sets > 1 && double(n_sets) * per_set > 0.6 * double(free_b)) --n_sets;
+  if (double(per_set) > 0.9 * double(free_b)) {
+    r.status = "error";
+    r.message = "needs " + gib(double(per_set)) + " of device memory, " + gib(double(free_b)) +
+                " free";
+    return r;
+  }
+  r.sets = n_sets;
+  Case k = build_case(c, &din, &pin, n_sets, stream);
+  time_case(k, opt, stream, r);
+  return r;
+}
+
+void print_device(const DeviceInfo& d) {
+  std::cout << "GPU: " << d.name << ", " << d.sms << " SMs, L2 " << (d.l2_bytes >> 20) << " MiB, "
+            << gib(double(d.memory_bytes)) << ", sm_" << d.cc_major << d.cc_minor << ", driver "
+            << d.driver << ", runtime " << d.runtime << "\n";
+}
+
+}  // namespace
+
+int run_gpu(const Options& opt, const std::vector<std::string>& suites, DeviceInfo& dev,
+            Ceilings& ceil, std::vector<std::pair<std::string, std::vector<Result>>>& out) {
+  OPENMLA_CUDA_CHECK(cudaSetDevice(0));
+  cudaDeviceProp prop{};
+  OPENMLA_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  dev.mode = "gpu";
+  dev.name = prop.name;
+  dev.sms = prop.multiProcessorCount;
+  dev.l2_bytes = prop.l2CacheSize;
+  dev.memory_bytes = int64_t(prop.totalGlobalMem);
+  dev.cc_major = prop.major;
+  dev.cc_minor = prop.minor;
+  OPENMLA_CUDA_CHECK(cudaDriverGetVersion(&dev.driver));
+  OPENMLA_CUDA_CHECK(cudaRuntimeGetVersion(&dev.runtime));
+  print_device(dev);
+  if (prop.major != 9 || prop.minor != 0) {
+    dev.note = "kernels are built for sm_90a only; this device is sm_" + std::to_string(prop.major) +
+               std::to_string(prop.minor);
+    std::cout << "warning: " << dev.note << "\n";
+  }
+  std::cout << "CUDA operators in this build: "
+            << (*cuda_operators() ? cuda_operators() : "(none)") << "\n";
+
+  // Ceilings.
+  std::cerr << "[ceilings] device-to-device copy ..." << std::flush;
+  try {
+    measure_copy_ceiling(opt.quick, ceil);
+    std::cerr << " " << format_double(ceil.copy_gbps, 0) << " GB/s\n";
+  } catch (const std::exception& e) {
+    ceil.copy_note = std::string("not measured: ") + e.what();
+    std::cerr << " failed: " << e.what() << "\n";
+  }
+  std::cerr << "[ceilings] bf16 GEMM 8192^3 (cuBLAS) ..." << std::flush;
+  try {
+    measure_gemm_ceiling(opt.quick, ceil);
+    std::cerr << " " << format_double(ceil.gemm_tflops, 0) << " TFLOPS\n";
+  } catch (const std::exception& e) {
+    ceil.gemm_note = std::string("not measured: ") + e.what();
+    std::cerr << " failed: " << e.what() << "\n";
+  }
+  std::cout << "ceiling  device-to-device copy: " << format_double(ceil.copy_gbps, 0)
+            << " GB/s (read + written; ANCHORS.md: " << format_double(kAnchorCopyGBps, 0)
+            << ")\n";
+  std::cout << "ceiling  bf16 GEMM 8192^3:      " << format_double(ceil.gemm_tflops, 0)
+            << " TFLOPS (cuBLAS; ANCHORS.md: " << format_double(kAnchorGemmTflops, 0) << ")\n";
+  std::cout << "time: 'graph' = median per call of CUDA-graph replays of the whole call (plan "
+               "update + operator),\n      'eager' = CUDA events around one eager call. Ratios > 1 "
+               "are faster than FlashMLA.\n";
+
+  int errors = 0;
+  bool usable = true;
+  std::string unusable_why;
+  StreamGuard stream;
+  for (const std::string& name : suites) {
+    const std::vector<Config> configs = gpu_suite(name);
+    std::vector<Result> results;
+    int i = 0;
+    for (const Config& c : configs) {
+      ++i;
+      std::cerr << "[" << name << " " << i << "/" << configs.size() << "] " << c.label() << " ..."
+                << std::flush;
+      Result r;
+      r.config = c;
+      if (!usable) {
+        r.status = "skipped";
+        r.message = "CUDA context unusable after an earlier error (" + unusable_why + ")";
+      } else {
+        try {
+          r = run_config(c, opt, dev, stream.get());
+        } catch (const Error& e) {
+          r.config = c;
+          r.status = mentions_not_implemented(e.what()) ? "not implemented" : "error";
+          r.message = e.what();
+        } catch (const std::exception& e) {
+          r.config = c;
+          r.status = "error";
+          r.message = e.what();
+        }
+        if (r.status != "ok" && r.status != "not implemented") {
+          ++errors;
+          usable = context_usable(unusable_why);
+        }
+      }
+      finish_result(r, ceil);
+      if (r.status == "ok") {
+        std::cerr << " graph " << format_double(r.graph_us, 1) << " us, eager "
+                  << format_double(r.eager_us, 1) << " us, " << format_double(r.tflops, 1)
+                  << " TFLOPS, " << format_double(r.gbps, 0) << " GB/s\n";
+      } else {
+        std::cerr << " " << r.status << ": " << r.message << "\n";
+      }
+      results.push_back(std::move(r));
+      // Each configuration's buffers were freed when run_config returned.
+    }
+    print_suite_table(name, results, true);
+    std::cout.flush();
+    out.emplace_back(name, std::move(results));
+  }
+  return errors;
+}
+
+}  // namespace openmla::bench
+
+#endif  // OPENMLA_WITH_CUDA
