@@ -493,7 +493,9 @@ TEST(Fp8Scale, StoredScaleFollowsRule) {
       EXPECT_EQ(s, naive_tile_scale(a)) << format_name(f.format) << " amax " << double(a);
       EXPECT_EQ(tile_scale_of(f, cache, tb, 0), std::ldexp(ld(1), -13)) << "all-zero tile";
       const uint8_t code = cache.storage[tb.nope + f.tile + 7];
-      if (a == 448 * s) EXPECT_EQ(code, 0xfe) << "amax 448 * scale must map to -448";
+      if (a == 448 * s) {
+        EXPECT_EQ(code, 0xfe) << "amax 448 * scale must map to -448";
+      }
       EXPECT_LE(std::fabs(e4m3_value(code)), 448);
     }
   }
@@ -576,14 +578,18 @@ void check_hand_token(bool model1) {
             << "fp32 scale of tile " << k << " byte " << i;
     }
   }
-  if (model1) EXPECT_EQ(int(page[ps * 576 + tok * 8 + 7]), 0) << "MODEL1 scale pad byte";
+  if (model1) {
+    EXPECT_EQ(int(page[ps * 576 + tok * 8 + 7]), 0) << "MODEL1 scale pad byte";
+  }
   // Every other NoPE byte of the token is a zero value under its tile scale.
   for (int k = 0; k < f.tiles; ++k)
     for (int j = 0; j < f.tile; ++j) {
       bool listed = false;
       for (auto [pos, code] : tiles[k].codes) listed |= pos == j;
       for (auto [pos, v] : tiles[k].values) listed |= pos == j;
-      if (!listed) EXPECT_EQ(int(page[rec + k * f.tile + j]), 0) << "tile " << k << " pos " << j;
+      if (!listed) {
+        EXPECT_EQ(int(page[rec + k * f.tile + j]), 0) << "tile " << k << " pos " << j;
+      }
     }
   const int64_t rope = model1 ? rec + 448 : rec + 528;
   for (int j = 0; j < 64; ++j) {
@@ -599,7 +605,9 @@ void check_hand_token(bool model1) {
     for (int64_t t = 0; t < ps; ++t)
       for (int64_t b : token_byte_list(f, cache, p, t)) owned[b] = true;
   for (size_t i = 0; i < owned.size(); ++i)
-    if (!owned[i]) EXPECT_EQ(int(cache.storage[i]), 0xff) << "byte " << i << " of no token";
+    if (!owned[i]) {
+      EXPECT_EQ(int(cache.storage[i]), 0xff) << "byte " << i << " of no token";
+    }
 
   // Dequantize gives code * scale back exactly.
   HostTensor out(DType::kBFloat16, {pages, ps, 1, f.d_qk});
@@ -671,7 +679,9 @@ TEST_P(Fp8RoundTrip, QuantizeDequantize) {
       }
     }
   for (size_t i = 0; i < written.size(); ++i)
-    if (!written[i]) ASSERT_EQ(cache.storage[i], before[i]) << "byte " << i << " outside all tokens";
+    if (!written[i]) {
+      ASSERT_EQ(cache.storage[i], before[i]) << "byte " << i << " outside all tokens";
+    }
 
   // Round trip through the library's dequantize (into a non-contiguous output).
   HostTensor out(DType::kBFloat16, {pages, ps, 1, f.d_qk}, 3);
@@ -706,7 +716,9 @@ TEST_P(Fp8RoundTrip, QuantizeDequantize) {
   std::vector<bool> logical(out.storage.size(), false);
   out.for_each([&](int64_t o) { logical[2 * o] = logical[2 * o + 1] = true; });
   for (size_t i = 0; i < logical.size(); ++i)
-    if (!logical[i]) ASSERT_EQ(out.storage[i], i % 2 ? 0x7f : 0xc0) << "output padding byte " << i;
+    if (!logical[i]) {
+      ASSERT_EQ(out.storage[i], i % 2 ? 0x7f : 0xc0) << "output padding byte " << i;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, Fp8RoundTrip,

@@ -431,9 +431,10 @@ void check_problem(const Problem& p) {
       for (int h = 0; h < c.h_q; ++h) {
         const bool zero_out =
             !any || (c.sink && p.sink.get({h}) == std::numeric_limits<double>::infinity());
-        if (!any)
+        if (!any) {
           EXPECT_EQ(got.lse.get({i, h, r}), std::numeric_limits<double>::infinity())
               << "row without keys: request " << i << " row " << r << " head " << h;
+        }
         if (zero_out)
           for (int d = 0; d < kDv; ++d)
             if (got.out.get({i, r, h, d}) != 0.0) {
@@ -443,7 +444,9 @@ void check_problem(const Problem& p) {
             }
       }
     }
-  if (c.b * c.s_q > 1) EXPECT_GE(empty_rows, 1) << "test setup: no empty row";
+  if (c.b * c.s_q > 1) {
+    EXPECT_GE(empty_rows, 1) << "test setup: no empty row";
+  }
 
   EXPECT_TRUE(padding_untouched(got.out, poison_out));
   EXPECT_TRUE(padding_untouched(got.lse, poison_lse));
