@@ -42,6 +42,7 @@ struct Config {
   // decode
   int b = 1, s_q = 1, h_q = 128, h_kv = 1, s_k = 0, d_qk = 576, page = 64;
   bool causal = false;
+  bool batch_invariant = false;  // dense decode: DecodePlanConfig::batch_invariant
   // sparse decode / prefill
   int topk = 0;
   bool attn_sink = false;

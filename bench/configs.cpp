@@ -31,6 +31,7 @@ std::string Config::label() const {
          << " s_k=" << s_k;
       if (d_qk != 576) os << " d_qk=" << d_qk;
       if (page != 64) os << " page=" << page;
+      if (batch_invariant) os << " batch-invariant";
       break;
     case Op::kSparseDecode:
       os << (format == KVCacheFormat::kFP8V32 ? "V32" : "MODEL1") << " b=" << b << " h_q=" << h_q
@@ -66,7 +67,7 @@ std::string Config::label() const {
 std::string Config::anchor_key() const {
   std::ostringstream os;
   if (op == Op::kDenseDecode) {
-    if (d_qk != 576 || page != 64 || h_kv != 1) return "";
+    if (d_qk != 576 || page != 64 || h_kv != 1 || batch_invariant) return "";
     os << "dense b=" << b << " h_q=" << h_q << " s_q=" << s_q << (causal ? " causal" : "")
        << " s_k=" << s_k;
   } else if (op == Op::kSparseDecode && format == KVCacheFormat::kFP8V32) {
@@ -98,8 +99,8 @@ uint64_t Config::seed() const {
 
 const std::vector<std::string>& gpu_suite_names() {
   static const std::vector<std::string> names = {"dense-decode", "dense-decode-latency",
-                                                 "sparse-decode", "sparse-decode-model1",
-                                                 "sparse-prefill"};
+                                                 "dense-decode-bi", "sparse-decode",
+                                                 "sparse-decode-model1", "sparse-prefill"};
   return names;
 }
 
@@ -130,6 +131,23 @@ std::vector<Config> gpu_suite(const std::string& name) {
       c.s_k = r[1];
       c.h_q = r[2];
       c.s_q = 1;
+      v.push_back(c);
+    }
+  } else if (name == "dense-decode-bi") {
+    // Not a SPEC §8 suite: the cost of DecodePlanConfig::batch_invariant (no split-KV) on cells of
+    // the two suites above; compare with the same labels there.
+    const int rows[][4] = {{1, 4096, 128, 1}, {8, 8192, 128, 1}, {128, 4096, 128, 1},
+                           {128, 8192, 16, 1}, {128, 8192, 128, 2}};
+    for (auto& r : rows) {
+      Config c;
+      c.suite = name;
+      c.op = Op::kDenseDecode;
+      c.b = r[0];
+      c.s_k = r[1];
+      c.h_q = r[2];
+      c.s_q = r[3];
+      c.causal = c.s_q > 1;
+      c.batch_invariant = true;
       v.push_back(c);
     }
   } else if (name == "sparse-decode") {

@@ -176,6 +176,7 @@ Case build_case(const Config& c, const DecodeInputs* d, const PrefillInputs* pin
     pc.h_kv = c.op == Op::kDenseDecode ? c.h_kv : 1;
     pc.d_qk = c.d_qk;
     pc.causal = c.causal;
+    pc.batch_invariant = c.batch_invariant;
     pc.sparse = c.op == Op::kSparseDecode;
     pc.topk = c.topk;
     pc.extra_topk = c.extra_topk;

@@ -15,7 +15,8 @@ using namespace openmla::bench;
 const char* kUsage =
     "usage: openmla-bench [--suite NAME]... [--json FILE] [--quick] [--list] [--cpu]\n"
     "  --suite NAME  run this suite (repeatable; default: all). GPU suites (SPEC section 8):\n"
-    "                dense-decode, dense-decode-latency, sparse-decode, sparse-decode-model1,\n"
+    "                dense-decode, dense-decode-latency, dense-decode-bi (batch-invariant\n"
+    "                schedule cost; not a SPEC suite), sparse-decode, sparse-decode-model1,\n"
     "                sparse-prefill. CPU mode also knows dense-prefill and fp8-kv.\n"
     "  --json FILE   write every result (and the ceilings and device) as JSON\n"
     "  --quick       fewer repetitions (same configurations)\n"

@@ -20,8 +20,10 @@ struct DecodePlanConfig {
   int topk = 0;              // sparse only: indices per query (plus extra_topk)
   int extra_topk = 0;        // sparse only
   int num_sms = 0;           // 0: every SM of the device
-  // Fixed split boundaries per request, so that a request's result does not depend on which other
-  // requests share the batch (costs balance when lengths differ widely).
+  // A request's result does not depend on which other requests share the batch: requests are
+  // never split across SMs (each is computed by one CTA per 64 query rows, blocks in order).
+  // Cost: a long request no longer spreads over the GPU, so small batches of long contexts run on
+  // few SMs (b=1 uses ceil(s_q*h_q/h_kv/64) * h_kv CTAs).
   bool batch_invariant = false;
 };
 

@@ -169,6 +169,96 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
   EXPECT_TRUE(same_l) << "lse differs between two identical runs";
 }
 
+// With DecodePlanConfig::batch_invariant, a request's bits do not depend on its neighbours: the
+// same request alone and in the middle of a batch of others gives bit-identical out and lse, and
+// both match the CPU reference.
+TEST(DenseDecodeGpuBatchInvariant, SameBitsAloneAndInABatch) {
+  if (!have_gpu()) GTEST_SKIP() << "no GPU";
+  std::mt19937_64 rng(99);
+  const int ps = 64, h_q = 128, d = 576, s_q = 2;
+  const std::vector<int> lens = {3000, 64, 5000, 1, 777};  // request 2 is "x"
+  const int b = static_cast<int>(lens.size());
+  int max_pages = 0, pages = 0;
+  for (int l : lens) {
+    max_pages = std::max(max_pages, (l + ps - 1) / ps);
+    pages += (l + ps - 1) / ps;
+  }
+  HostTensor q(DType::kBFloat16, {b, s_q, h_q, d}), kc(DType::kBFloat16, {pages, ps, 1, d});
+  HostTensor bt(DType::kInt32, {b, max_pages}), seq(DType::kInt32, {b});
+  fill_randn(q, rng);
+  fill_randn(kc, rng);
+  int next = 0;
+  for (int i = 0; i < b; ++i) {
+    seq.set({i}, lens[i]);
+    for (int j = 0; j < max_pages; ++j) bt.set({i, j}, j < (lens[i] + ps - 1) / ps ? next++ : -1);
+  }
+  auto run = [&](const HostTensor& qq, const HostTensor& btt, const HostTensor& sq, int bb,
+                 HostTensor& out, HostTensor& lse) {
+    DeviceMirror dq(qq), dk(kc), dbt(btt), dseq(sq), dout(out), dlse(lse);
+    DecodePlanConfig cfg;
+    cfg.batch = bb;
+    cfg.s_q = s_q;
+    cfg.h_q = h_q;
+    cfg.causal = true;
+    cfg.batch_invariant = true;
+    DecodePlan plan(cuda_device(0), cfg);
+    plan.update(dseq.view);
+    DenseDecodeParams p;
+    p.q = dq.view;
+    p.k_cache = dk.view;
+    p.block_table = dbt.view;
+    p.cache_seqlens = dseq.view;
+    p.out = dout.view;
+    p.lse = dlse.view;
+    p.causal = true;
+    p.plan = &plan;
+    dense_decode(p);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    dout.to_host(out);
+    dlse.to_host(lse);
+  };
+  HostTensor out_b(DType::kBFloat16, {b, s_q, h_q, 512}), lse_b(DType::kFloat32, {b, h_q, s_q});
+  out_b.poison();
+  lse_b.poison();
+  run(q, bt, seq, b, out_b, lse_b);
+  // Request 2 alone.
+  HostTensor q1(DType::kBFloat16, {1, s_q, h_q, d}), bt1(DType::kInt32, {1, max_pages}),
+      seq1(DType::kInt32, {1});
+  for (int r = 0; r < s_q; ++r)
+    for (int h = 0; h < h_q; ++h)
+      for (int c = 0; c < d; ++c) q1.set({0, r, h, c}, q.get({2, r, h, c}));
+  for (int j = 0; j < max_pages; ++j) bt1.set({0, j}, bt.get({2, j}));
+  seq1.set({0}, lens[2]);
+  HostTensor out_1(DType::kBFloat16, {1, s_q, h_q, 512}), lse_1(DType::kFloat32, {1, h_q, s_q});
+  out_1.poison();
+  lse_1.poison();
+  run(q1, bt1, seq1, 1, out_1, lse_1);
+  int diff = 0;
+  for (int r = 0; r < s_q; ++r)
+    for (int h = 0; h < h_q; ++h) {
+      for (int c = 0; c < 512; ++c) {
+        const double a = out_1.get({0, r, h, c}), e = out_b.get({2, r, h, c});
+        if (memcmp(&a, &e, sizeof a) != 0) ++diff;
+      }
+      const double a = lse_1.get({0, h, r}), e = lse_b.get({2, h, r});
+      if (memcmp(&a, &e, sizeof a) != 0) ++diff;
+    }
+  EXPECT_EQ(diff, 0) << "request 2 alone and in the batch differ in " << diff << " elements";
+  // And the batch matches the CPU reference.
+  HostTensor out_ref(DType::kBFloat16, {b, s_q, h_q, 512}), lse_ref(DType::kFloat32, {b, h_q, s_q});
+  DenseDecodeParams p;
+  p.q = q.view;
+  p.k_cache = kc.view;
+  p.block_table = bt.view;
+  p.cache_seqlens = seq.view;
+  p.out = out_ref.view;
+  p.lse = lse_ref.view;
+  p.causal = true;
+  dense_decode(p);
+  EXPECT_TRUE(close("out", out_b, out_ref, kDecodeOut));
+  EXPECT_TRUE(close("lse", lse_b, lse_ref, kLse));
+}
+
 std::vector<Case> cases() {
   std::vector<Case> v;
   // b, s_q, s_k, h_q, h_kv, causal, fp16, d_qk, page, varlen, q_pad

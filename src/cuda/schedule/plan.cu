@@ -24,7 +24,7 @@ constexpr int kPlannerSmemBatch = 8192;  // requests whose block counts are stag
 // trivially deterministic.
 __global__ void __launch_bounds__(kPlannerThreads)
     planner_kernel(const int32_t* __restrict__ seqlens, int64_t seqlens_stride, int batch,
-                   PlanBuffers buf) {
+                   int batch_invariant, PlanBuffers buf) {
   __shared__ int nblk_s[kPlannerSmemBatch];
   __shared__ long long partial[kPlannerThreads / 32];
   const bool staged = batch <= kPlannerSmemBatch;
@@ -46,6 +46,34 @@ __global__ void __launch_bounds__(kPlannerThreads)
   for (int w = 0; w < kPlannerThreads / 32; ++w) total += partial[w];
 
   const int parts = buf.num_parts;
+  if (batch_invariant) {
+    // Requests are never cut: each is computed by one CTA per m-block, blocks in order, so its
+    // bits do not depend on the rest of the batch. Request i goes to the part its cost midpoint
+    // falls in, so parts stay within one request of the average and nothing piles up at the end.
+    for (int p = 0; p < parts; ++p) {
+      buf.meta[p * kPlanMetaInts + kBeginReq] = 0;
+      buf.meta[p * kPlanMetaInts + kLastReq] = -1;  // empty
+    }
+    const long long per = max(1ll, (total + parts - 1) / parts);
+    long long prefix = 0;
+    for (int i = 0; i < batch; ++i) {
+      const int nb = blocks_of(i);
+      const long long c = nb + kFixedCost;
+      const int p = static_cast<int>(min(static_cast<long long>(parts - 1), (prefix + c / 2) / per));
+      int32_t* m = buf.meta + p * kPlanMetaInts;
+      if (m[kLastReq] < 0) {
+        m[kBeginReq] = i;
+        m[kBeginBlk] = 0;
+        m[kBeginSplit] = 0;
+      }
+      m[kLastReq] = i;
+      m[kLastBlkEnd] = nb;
+      buf.num_splits[i] = 1;
+      buf.accum_offset[i] = 0;
+      prefix += c;
+    }
+    return;
+  }
   // Every piece pays the fixed cost, and cutting adds at most one piece per part: budgeting
   // total / parts + kFixedCost per part covers all the work, so the last part never overflows.
   const long long per_part = (total + parts - 1) / parts + kFixedCost;
@@ -220,13 +248,10 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
   auto* st = static_cast<PlanState*>(impl.workspace);
   if (impl.config.sparse)
     throw Error("plan", "sparse decode plans are not implemented on CUDA yet (sparse decode issue)");
-  if (impl.config.batch_invariant)
-    throw Error("config.batch_invariant",
-                "batch-invariant split-KV schedules are not implemented on CUDA yet (issue 3)");
   if (impl.config.batch == 0) return;
   planner_kernel<<<1, kPlannerThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       static_cast<const int32_t*>(cache_seqlens.data), cache_seqlens.strides[0], impl.config.batch,
-      st->buf);
+      impl.config.batch_invariant ? 1 : 0, st->buf);
   OPENMLA_CUDA_CHECK_LAUNCH();
   st->updated = true;
 }
