@@ -60,16 +60,34 @@ void load_row(const TensorView& t, int64_t off, int64_t n, double* dst) {
   }
 }
 
+namespace {
+// double -> float rounded to odd: inexact results get an odd last bit. Rounding that float once more
+// to bf16/fp16 (nearest even) then equals rounding the double directly, because float keeps at
+// least two more significand bits than either (no double rounding).
+float to_f32_odd(double d) {
+  float f = static_cast<float>(d);
+  if (std::isfinite(f) && static_cast<double>(f) != d) {
+    uint32_t u = num::f32_bits(f);
+    if ((u & 1u) == 0) {
+      const bool toward_larger_mag = std::fabs(d) > std::fabs(static_cast<double>(f));
+      u += toward_larger_mag ? 1 : -1;  // one ulp toward d (sign-magnitude bits; from 0 it can only grow)
+      f = num::bits_f32(u);
+    }
+  }
+  return f;
+}
+}  // namespace
+
 void store_row(const TensorView& t, int64_t off, int64_t n, const double* src) {
   switch (t.dtype) {
     case DType::kBFloat16: {
       auto* p = static_cast<uint16_t*>(t.data) + off;
-      for (int64_t i = 0; i < n; ++i) p[i] = num::f32_to_bf16(static_cast<float>(src[i]));
+      for (int64_t i = 0; i < n; ++i) p[i] = num::f32_to_bf16(to_f32_odd(src[i]));
       break;
     }
     case DType::kFloat16: {
       auto* p = static_cast<uint16_t*>(t.data) + off;
-      for (int64_t i = 0; i < n; ++i) p[i] = num::f32_to_f16(static_cast<float>(src[i]));
+      for (int64_t i = 0; i < n; ++i) p[i] = num::f32_to_f16(to_f32_odd(src[i]));
       break;
     }
     case DType::kFloat32: {
