@@ -130,6 +130,22 @@ static void check_plan(const DecodePlan* plan, Device device, const DecodePlanCo
 
 // ---------------- dense decode ----------------
 
+// out [b, s_q, h_q, d_v] in the dtype of q, lse [b, h_q, s_q] fp32: the outputs of both decoders.
+static void check_decode_outputs(const TensorView& out, const TensorView& lse, const TensorView& q,
+                                 int64_t b, int64_t s_q, int64_t h_q, int64_t d_v, Device dev) {
+  check::tensor(out, "out", 4, "[b, s_q, h_q, d_v]");
+  if (out.dtype != q.dtype)
+    check::fail("out", std::string("dtype ") + dtype_name(q.dtype) + " (that of q)", out);
+  const int64_t want_out[4] = {b, s_q, h_q, d_v};
+  for (int i = 0; i < 4; ++i) check::dim(out, "out", i, want_out[i], "[b, s_q, h_q, d_v]");
+  check::same_device(out, "out", dev);
+  check::tensor(lse, "lse", 3, "[b, h_q, s_q]");
+  check::dtype(lse, "lse", {DType::kFloat32});
+  const int64_t want_lse[3] = {b, h_q, s_q};
+  for (int i = 0; i < 3; ++i) check::dim(lse, "lse", i, want_lse[i], "[b, h_q, s_q]");
+  check::same_device(lse, "lse", dev);
+}
+
 static void validate(const DenseDecodeParams& p) {
   check::tensor(p.q, "q", 4, "[b, s_q, h_q, d_qk]");
   check::dtype(p.q, "q", {DType::kBFloat16, DType::kFloat16});
@@ -163,18 +179,7 @@ static void validate(const DenseDecodeParams& p) {
   check::dim(p.cache_seqlens, "cache_seqlens", 0, b, "batch of q");
   check::same_device(p.cache_seqlens, "cache_seqlens", dev);
 
-  check::tensor(p.out, "out", 4, "[b, s_q, h_q, d_v]");
-  if (p.out.dtype != p.q.dtype)
-    check::fail("out", std::string("dtype ") + dtype_name(p.q.dtype) + " (that of q)", p.out);
-  const int64_t want_out[4] = {b, s_q, h_q, p.d_v};
-  for (int i = 0; i < 4; ++i) check::dim(p.out, "out", i, want_out[i], "[b, s_q, h_q, d_v]");
-  check::same_device(p.out, "out", dev);
-
-  check::tensor(p.lse, "lse", 3, "[b, h_q, s_q]");
-  check::dtype(p.lse, "lse", {DType::kFloat32});
-  const int64_t want_lse[3] = {b, h_q, s_q};
-  for (int i = 0; i < 3; ++i) check::dim(p.lse, "lse", i, want_lse[i], "[b, h_q, s_q]");
-  check::same_device(p.lse, "lse", dev);
+  check_decode_outputs(p.out, p.lse, p.q, b, s_q, h_q, p.d_v, dev);
 
   DecodePlanConfig want;
   want.batch = static_cast<int>(b);
@@ -260,16 +265,7 @@ static void validate(const SparseDecodeParams& p) {
     throw Error("extra_topk_length", "given without extra_k_cache and extra_indices");
   check_lengths(p.extra_topk_length, "extra_topk_length", b, "[b]", dev);
 
-  check::tensor(p.out, "out", 4, "[b, s_q, h_q, d_v]");
-  check::dtype(p.out, "out", {DType::kBFloat16});
-  const int64_t want_out[4] = {b, s_q, h_q, p.d_v};
-  for (int i = 0; i < 4; ++i) check::dim(p.out, "out", i, want_out[i], "[b, s_q, h_q, d_v]");
-  check::same_device(p.out, "out", dev);
-  check::tensor(p.lse, "lse", 3, "[b, h_q, s_q]");
-  check::dtype(p.lse, "lse", {DType::kFloat32});
-  const int64_t want_lse[3] = {b, h_q, s_q};
-  for (int i = 0; i < 3; ++i) check::dim(p.lse, "lse", i, want_lse[i], "[b, h_q, s_q]");
-  check::same_device(p.lse, "lse", dev);
+  check_decode_outputs(p.out, p.lse, p.q, b, s_q, h_q, p.d_v, dev);
 
   DecodePlanConfig want;
   want.batch = static_cast<int>(b);

@@ -10,33 +10,27 @@
 #include <sstream>
 
 #include "common/harness.h"
+#include "gpu/device_tensor.h"
 
 namespace openmla::test {
 namespace {
 
-bool have_gpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+// Dense-decode params over the given views (device or host).
+DenseDecodeParams decode_params(const TensorView& q, const TensorView& k_cache,
+                                const TensorView& block_table, const TensorView& seqlens,
+                                const TensorView& out, const TensorView& lse, bool causal,
+                                const DecodePlan* plan) {
+  DenseDecodeParams p;
+  p.q = q;
+  p.k_cache = k_cache;
+  p.block_table = block_table;
+  p.cache_seqlens = seqlens;
+  p.out = out;
+  p.lse = lse;
+  p.causal = causal;
+  p.plan = plan;
+  return p;
 }
-
-// A device copy of a HostTensor with the same strides (the whole span, padding included).
-struct DeviceMirror {
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  TensorView view;
-  explicit DeviceMirror(const HostTensor& h) : bytes(h.storage.size()), view(h.view) {
-    EXPECT_EQ(cudaMalloc(&ptr, bytes), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(ptr, h.storage.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
-    view.data = ptr;
-    view.device = cuda_device(0);
-  }
-  void to_host(HostTensor& h) const {
-    ASSERT_EQ(cudaMemcpy(h.storage.data(), ptr, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-  }
-  ~DeviceMirror() { cudaFree(ptr); }
-  DeviceMirror(const DeviceMirror&) = delete;
-  DeviceMirror& operator=(const DeviceMirror&) = delete;
-};
 
 struct Case {
   int b, s_q, s_k, h_q, h_kv;
@@ -54,10 +48,9 @@ std::string name(const Case& c) {
   return os.str();
 }
 
-class DenseDecodeGpu : public ::testing::TestWithParam<Case> {};
+class DenseDecodeGpu : public GpuTestWithParam<Case> {};
 
 TEST_P(DenseDecodeGpu, MatchesCpuReference) {
-  if (!have_gpu()) GTEST_SKIP() << "no GPU";
   const Case c = GetParam();
   std::mt19937_64 rng(1234 + c.b * 7 + c.s_q * 131 + c.h_q * 17 + c.s_k);
   const DType dt = c.fp16 ? DType::kFloat16 : DType::kBFloat16;
@@ -105,22 +98,15 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
   }
 
   HostTensor out_ref(dt, {c.b, c.s_q, c.h_q, 512}), lse_ref(DType::kFloat32, {c.b, c.h_q, c.s_q});
-  {
-    DenseDecodeParams p;
-    p.q = q.view;
-    p.k_cache = kc.view;
-    p.block_table = bt.view;
-    p.cache_seqlens = seq.view;
-    p.out = out_ref.view;
-    p.lse = lse_ref.view;
-    p.causal = c.causal;
-    dense_decode(p);
-  }
+  dense_decode(decode_params(q.view, kc.view, bt.view, seq.view, out_ref.view, lse_ref.view,
+                             c.causal, nullptr));
 
   HostTensor out(dt, {c.b, c.s_q, c.h_q, 512}, c.q_pad), lse(DType::kFloat32, {c.b, c.h_q, c.s_q});
-  out.poison();
-  lse.poison();
-  DeviceMirror dq(q), dk(kc), dbt(bt), dseq(seq), dout(out), dlse(lse);
+  auto dq = DeviceTensor::from(q), dk = DeviceTensor::from(kc), dbt = DeviceTensor::from(bt),
+       dseq = DeviceTensor::from(seq);
+  DeviceTensor dout(out), dlse(lse);
+  dout.poison();
+  dlse.poison();
   DecodePlanConfig cfg;
   cfg.batch = c.b;
   cfg.s_q = c.s_q;
@@ -130,34 +116,22 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
   cfg.causal = c.causal;
   DecodePlan plan(cuda_device(0), cfg);
   plan.update(dseq.view);
-  DenseDecodeParams p;
-  p.q = dq.view;
-  p.k_cache = dk.view;
-  p.block_table = dbt.view;
-  p.cache_seqlens = dseq.view;
-  p.out = dout.view;
-  p.lse = dlse.view;
-  p.causal = c.causal;
-  p.plan = &plan;
+  const DenseDecodeParams p =
+      decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view, dlse.view, c.causal, &plan);
   dense_decode(p);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  dout.to_host(out);
-  dlse.to_host(lse);
+  sync_device();
+  dout.download(out);
+  dlse.download(lse);
   EXPECT_TRUE(close("out", out, out_ref, kDecodeOut));
   EXPECT_TRUE(close("lse", lse, lse_ref, kLse));
 
   // Same inputs again (re-poisoned outputs): bit-identical.
-  HostTensor out2 = out, lse2 = lse;
-  HostTensor poison_o = out, poison_l = lse;
-  poison_o.poison();
-  poison_l.poison();
-  ASSERT_EQ(cudaMemcpy(dout.ptr, poison_o.storage.data(), dout.bytes, cudaMemcpyHostToDevice), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dlse.ptr, poison_l.storage.data(), dlse.bytes, cudaMemcpyHostToDevice), cudaSuccess);
+  dout.poison();
+  dlse.poison();
   plan.update(dseq.view);
   dense_decode(p);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  dout.to_host(out2);
-  dlse.to_host(lse2);
+  sync_device();
+  HostTensor out2 = dout.to_host(out), lse2 = dlse.to_host(lse);
   bool same_o = true, same_l = true;
   out.for_each([&](int64_t o) {
     if (memcmp(&out.storage[o * 2], &out2.storage[o * 2], 2) != 0) same_o = false;
@@ -172,8 +146,7 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
 // With DecodePlanConfig::batch_invariant, a request's bits do not depend on its neighbours: the
 // same request alone and in the middle of a batch of others gives bit-identical out and lse, and
 // both match the CPU reference.
-TEST(DenseDecodeGpuBatchInvariant, SameBitsAloneAndInABatch) {
-  if (!have_gpu()) GTEST_SKIP() << "no GPU";
+TEST_F(GpuTest, DenseDecodeBatchInvariantSameBitsAloneAndInABatch) {
   std::mt19937_64 rng(99);
   const int ps = 64, h_q = 128, d = 576, s_q = 2;
   const std::vector<int> lens = {3000, 64, 5000, 1, 777};  // request 2 is "x"
@@ -194,7 +167,11 @@ TEST(DenseDecodeGpuBatchInvariant, SameBitsAloneAndInABatch) {
   }
   auto run = [&](const HostTensor& qq, const HostTensor& btt, const HostTensor& sq, int bb,
                  HostTensor& out, HostTensor& lse) {
-    DeviceMirror dq(qq), dk(kc), dbt(btt), dseq(sq), dout(out), dlse(lse);
+    auto dq = DeviceTensor::from(qq), dk = DeviceTensor::from(kc), dbt = DeviceTensor::from(btt),
+         dseq = DeviceTensor::from(sq);
+    DeviceTensor dout(out), dlse(lse);
+    dout.poison();
+    dlse.poison();
     DecodePlanConfig cfg;
     cfg.batch = bb;
     cfg.s_q = s_q;
@@ -203,23 +180,13 @@ TEST(DenseDecodeGpuBatchInvariant, SameBitsAloneAndInABatch) {
     cfg.batch_invariant = true;
     DecodePlan plan(cuda_device(0), cfg);
     plan.update(dseq.view);
-    DenseDecodeParams p;
-    p.q = dq.view;
-    p.k_cache = dk.view;
-    p.block_table = dbt.view;
-    p.cache_seqlens = dseq.view;
-    p.out = dout.view;
-    p.lse = dlse.view;
-    p.causal = true;
-    p.plan = &plan;
-    dense_decode(p);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    dout.to_host(out);
-    dlse.to_host(lse);
+    dense_decode(
+        decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view, dlse.view, true, &plan));
+    sync_device();
+    dout.download(out);
+    dlse.download(lse);
   };
   HostTensor out_b(DType::kBFloat16, {b, s_q, h_q, 512}), lse_b(DType::kFloat32, {b, h_q, s_q});
-  out_b.poison();
-  lse_b.poison();
   run(q, bt, seq, b, out_b, lse_b);
   // Request 2 alone.
   HostTensor q1(DType::kBFloat16, {1, s_q, h_q, d}), bt1(DType::kInt32, {1, max_pages}),
@@ -230,8 +197,6 @@ TEST(DenseDecodeGpuBatchInvariant, SameBitsAloneAndInABatch) {
   for (int j = 0; j < max_pages; ++j) bt1.set({0, j}, bt.get({2, j}));
   seq1.set({0}, lens[2]);
   HostTensor out_1(DType::kBFloat16, {1, s_q, h_q, 512}), lse_1(DType::kFloat32, {1, h_q, s_q});
-  out_1.poison();
-  lse_1.poison();
   run(q1, bt1, seq1, 1, out_1, lse_1);
   int diff = 0;
   for (int r = 0; r < s_q; ++r)
@@ -246,15 +211,8 @@ TEST(DenseDecodeGpuBatchInvariant, SameBitsAloneAndInABatch) {
   EXPECT_EQ(diff, 0) << "request 2 alone and in the batch differ in " << diff << " elements";
   // And the batch matches the CPU reference.
   HostTensor out_ref(DType::kBFloat16, {b, s_q, h_q, 512}), lse_ref(DType::kFloat32, {b, h_q, s_q});
-  DenseDecodeParams p;
-  p.q = q.view;
-  p.k_cache = kc.view;
-  p.block_table = bt.view;
-  p.cache_seqlens = seq.view;
-  p.out = out_ref.view;
-  p.lse = lse_ref.view;
-  p.causal = true;
-  dense_decode(p);
+  dense_decode(decode_params(q.view, kc.view, bt.view, seq.view, out_ref.view, lse_ref.view, true,
+                             nullptr));
   EXPECT_TRUE(close("out", out_b, out_ref, kDecodeOut));
   EXPECT_TRUE(close("lse", lse_b, lse_ref, kLse));
 }
