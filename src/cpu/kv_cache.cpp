@@ -40,7 +40,7 @@ void append_kv_cache(const AppendKVParams& p) {
   const int64_t n = p.input.shape[0], ps = p.cache.shape[1];
   const int64_t num_slots = p.cache.shape[0] * ps;
   const bool model1 = p.format == KVCacheFormat::kFP8Model1;
-  // Serial: two entries may name the same slot; the later one wins, as on the GPU's last writer.
+  // Serial: if two entries name the same slot the later one wins here (on the GPU: unspecified).
   for (int64_t i = 0; i < n; ++i) {
     const int64_t slot = load_i32(p.slots, i * p.slots.strides[0]);
     if (slot < 0 || slot >= num_slots) continue;
