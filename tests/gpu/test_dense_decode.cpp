@@ -243,6 +243,9 @@ std::vector<Case> cases() {
   v.push_back({64, 1, 140, 128, 1, false, false, 576, 64, true, 0});
   v.push_back({128, 1, 140, 16, 1, false, false, 576, 64, true, 0});
   v.push_back({128, 2, 20, 128, 1, true, false, 576, 64, true, 0});
+  // Short prefills sent through decode: s_q = 128 (16384 query rows per KV head at h_q = 128).
+  v.push_back({2, 128, 300, 128, 1, true, false, 576, 64, true, 0});
+  v.push_back({1, 128, 200, 16, 2, true, true, 512, 16, false, 8});
   // Short and exactly-one-page lengths; causal with s_q > length.
   v.push_back({6, 17, 20, 3, 1, true, false, 576, 64, true, 0});
   v.push_back({2, 1, 64, 16, 1, false, false, 576, 64, false, 0});
