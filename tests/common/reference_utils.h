@@ -60,7 +60,8 @@ inline int64_t max_ulp(const HostTensor& a, const HostTensor& r) {
 }
 
 // Bytes of t's storage that are not part of a logical element are as in `before`.
-inline ::testing::AssertionResult padding_untouched(const HostTensor& t, const std::vector<uint8_t>& before) {
+inline ::testing::AssertionResult padding_untouched(const HostTensor& t,
+                                                    const std::vector<uint8_t>& before) {
   std::vector<bool> logical(t.storage.size(), false);
   const size_t es = dtype_size(t.view.dtype);
   t.for_each([&](int64_t o) {
@@ -68,7 +69,8 @@ inline ::testing::AssertionResult padding_untouched(const HostTensor& t, const s
   });
   for (size_t k = 0; k < logical.size(); ++k)
     if (!logical[k] && t.storage[k] != before[k])
-      return ::testing::AssertionFailure() << "byte " << k << " outside the logical elements written";
+      return ::testing::AssertionFailure()
+             << "byte " << k << " outside the logical elements written";
   return ::testing::AssertionSuccess();
 }
 
