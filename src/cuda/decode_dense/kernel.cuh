@@ -18,6 +18,26 @@
 
 namespace openmla::sm90::dense_decode_detail {
 
+// Phase timers for development builds (-DOPENMLA_DECODE_PROFILE): thread 0 of CTA (0, 0, 0) sums
+// clock64 cycles per phase and prints them once per launch; compiled out otherwise.
+#if defined(OPENMLA_DECODE_PROFILE)
+#define OPENMLA_PROF_DECL(p) long long p[7] = {0, 0, 0, 0, 0, 0, 0}
+#define OPENMLA_PROF(t) const long long t = clock64()
+#define OPENMLA_PROF_ADD(acc, a, b) acc += (b) - (a)
+#define OPENMLA_PROF_COUNT(acc) ++acc
+#define OPENMLA_PROF_PRINT(p, t0, t1)                                                          \
+  if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)              \
+  printf("decode-prof blocks %lld cycles %lld | wait_full %lld  S+mask+max %lld  barrier_A %lld  " \
+         "softmax+P %lld  barrier_B %lld  PV %lld\n",                                          \
+         p[6], (t1) - (t0), p[0], p[1], p[2], p[3], p[4], p[5])
+#else
+#define OPENMLA_PROF_DECL(p)
+#define OPENMLA_PROF(t)
+#define OPENMLA_PROF_ADD(acc, a, b)
+#define OPENMLA_PROF_COUNT(acc)
+#define OPENMLA_PROF_PRINT(p, t0, t1)
+#endif
+
 inline constexpr int kThreads = 384;  // 2 consumer warpgroups + 1 producer warpgroup
 inline constexpr int kConsumerThreads = 256;
 inline constexpr int kChunkBytes = 64 * 128;  // 64 rows x 64 elements x 2 bytes, one swizzle tile
@@ -150,6 +170,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float sl2 = p.scale_log2;
 
   int it = 0;
+  OPENMLA_PROF_DECL(prof); OPENMLA_PROF(t_start);
   for_each_segment(p, part, [&](const Segment& s) {
     // ---- Q tile: rows (s, g) of this KV head, zero-padded to 64, into swizzled chunks ----
     {
@@ -190,7 +211,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     for (int blk = s.blk_lo; blk < s.blk_hi; ++blk, ++it) {
       const int stage = it & 1;
+      OPENMLA_PROF(t_w0);
       mbar_wait(&full[stage], (it >> 1) & 1);
+      OPENMLA_PROF(t_s0); OPENMLA_PROF_ADD(prof[0], t_w0, t_s0); OPENMLA_PROF_COUNT(prof[6]);
       const uint32_t k_base = s_k_addr + stage * L::kStage;
 
       // ---- S = Q K^T over this warpgroup's 32 tokens ----
@@ -234,7 +257,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         red_max[wg * 64 + r0] = mx[0];
         red_max[wg * 64 + r0 + 8] = mx[1];
       }
+      OPENMLA_PROF(t_a1); OPENMLA_PROF_ADD(prof[1], t_s0, t_a1);
       named_barrier(kBarConsumers, kConsumerThreads);
+      OPENMLA_PROF(t_a2); OPENMLA_PROF_ADD(prof[2], t_a1, t_a2);
       float alpha[2], mbase[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
@@ -278,7 +303,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
       fence_proxy_async();
+      OPENMLA_PROF(t_b1); OPENMLA_PROF_ADD(prof[3], t_a2, t_b1);
       named_barrier(kBarConsumers, kConsumerThreads);
+      OPENMLA_PROF(t_b2); OPENMLA_PROF_ADD(prof[4], t_b1, t_b2);
 
       // ---- O[:, 256 wg : 256 wg + 256] += P V ----
       fence_regs(o);
@@ -294,6 +321,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma_wait<0>();
       fence_regs(o);
       if (lane == 0) mbar_arrive(&empty[stage]);
+      OPENMLA_PROF(t_pv_end); OPENMLA_PROF_ADD(prof[5], t_b2, t_pv_end);
     }
 
     // ---- epilogue: total row sums across both warpgroups, normalize, store ----
@@ -341,6 +369,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // tile is rewritten only after this barrier, when both warpgroups are done with all wgmma.
     named_barrier(kBarConsumers, kConsumerThreads);
   });
+  OPENMLA_PROF(t_end);
+  OPENMLA_PROF_PRINT(prof, t_start, t_end);
   }
 }
 
