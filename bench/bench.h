@@ -70,8 +70,8 @@ std::vector<Config> cpu_configs();
 
 // What the FlashMLA figure measured, and hence which of our times it is compared with.
 enum class AnchorBasis {
-  kKernel,  // attention kernel only (FlashMLA's method): compared with our graph replay time
-  kEndToEnd,  // whole call incl. combine, replayed: compared with our graph replay time
+  kKernel,     // attention kernel only (FlashMLA's method): compared with our graph replay time
+  kEndToEnd,   // whole call incl. combine, replayed: compared with our graph replay time
   kEagerCall,  // CUDA events around one eager call: compared with our eager time
 };
 const char* basis_name(AnchorBasis basis);
@@ -157,17 +157,17 @@ struct DecodeInputs {
   std::vector<int32_t> indices;  // sparse: [b, s_q, topk]
   std::vector<int32_t> extra_lengths;
   PagedLayout extra_layout;
-  std::vector<int32_t> extra_indices;      // [b, s_q, extra_topk]
-  std::vector<int32_t> extra_topk_length;  // [b] or empty
-  std::vector<float> attn_sink;            // [h_q] or empty
+  std::vector<int32_t> extra_indices;            // [b, s_q, extra_topk]
+  std::vector<int32_t> extra_topk_length;        // [b] or empty
+  std::vector<float> attn_sink;                  // [h_q] or empty
   int64_t page_bytes = 0, extra_page_bytes = 0;  // FP8 page strides
   Work work;
 };
 DecodeInputs make_decode_inputs(const Config& c);
 
 struct PrefillInputs {
-  std::vector<int32_t> indices;    // [s_q, 1, topk]
-  std::vector<float> attn_sink;    // [h_q] or empty
+  std::vector<int32_t> indices;  // [s_q, 1, topk]
+  std::vector<float> attn_sink;  // [h_q] or empty
   Work work;
 };
 PrefillInputs make_prefill_inputs(const Config& c);
@@ -184,11 +184,11 @@ struct Result {
   Config config;
   std::string status = "ok";  // "ok" | "not implemented" | "error" | "skipped"
   std::string message;
-  double graph_us = kNaN;   // median per call, CUDA-graph replay (GPU) / median wall time (CPU)
+  double graph_us = kNaN;  // median per call, CUDA-graph replay (GPU) / median wall time (CPU)
   double graph_min_us = kNaN;
-  double eager_us = kNaN;   // median of single eager calls, CUDA events
-  double host_us = kNaN;    // host time to issue one eager call (plan update + operator)
-  int sets = 0;             // input sets rotated over (L2)
+  double eager_us = kNaN;  // median of single eager calls, CUDA events
+  double host_us = kNaN;   // host time to issue one eager call (plan update + operator)
+  int sets = 0;            // input sets rotated over (L2)
   int replays = 0;
   Work work;
   double tflops = kNaN, gbps = kNaN;  // from graph_us (eager_us when no graph time)

@@ -11,14 +11,22 @@ namespace openmla::bench {
 
 const char* op_name(Op op) {
   switch (op) {
-    case Op::kDenseDecode: return "dense_decode";
-    case Op::kSparseDecode: return "sparse_decode";
-    case Op::kSparsePrefill: return "sparse_prefill";
-    case Op::kDensePrefillForward: return "dense_prefill_forward";
-    case Op::kDensePrefillBackward: return "dense_prefill_backward";
-    case Op::kQuantize: return "quantize_kv_cache";
-    case Op::kDequantize: return "dequantize_kv_cache";
-    case Op::kAppend: return "append_kv_cache";
+    case Op::kDenseDecode:
+      return "dense_decode";
+    case Op::kSparseDecode:
+      return "sparse_decode";
+    case Op::kSparsePrefill:
+      return "sparse_prefill";
+    case Op::kDensePrefillForward:
+      return "dense_prefill_forward";
+    case Op::kDensePrefillBackward:
+      return "dense_prefill_backward";
+    case Op::kQuantize:
+      return "quantize_kv_cache";
+    case Op::kDequantize:
+      return "dequantize_kv_cache";
+    case Op::kAppend:
+      return "append_kv_cache";
   }
   return "?";
 }
@@ -47,9 +55,8 @@ std::string Config::label() const {
       break;
     case Op::kDensePrefillForward:
     case Op::kDensePrefillBackward:
-      os << "batch=" << b
-         << " seqlen=" << seqlen_q << "/" << seqlen_k << " h_q=" << h_q << " h_kv=" << h_kv
-         << " d_qk=" << d_qk << (causal ? " causal" : "");
+      os << "batch=" << b << " seqlen=" << seqlen_q << "/" << seqlen_k << " h_q=" << h_q
+         << " h_kv=" << h_kv << " d_qk=" << d_qk << (causal ? " causal" : "");
       break;
     case Op::kQuantize:
     case Op::kDequantize:
@@ -98,8 +105,8 @@ uint64_t Config::seed() const {
 // ---------------- suites ----------------
 
 const std::vector<std::string>& gpu_suite_names() {
-  static const std::vector<std::string> names = {"dense-decode", "dense-decode-latency",
-                                                 "dense-decode-bi", "sparse-decode",
+  static const std::vector<std::string> names = {"dense-decode",         "dense-decode-latency",
+                                                 "dense-decode-bi",      "sparse-decode",
                                                  "sparse-decode-model1", "sparse-prefill"};
   return names;
 }
@@ -136,8 +143,11 @@ std::vector<Config> gpu_suite(const std::string& name) {
   } else if (name == "dense-decode-bi") {
     // Not a SPEC §8 suite: the cost of DecodePlanConfig::batch_invariant (no split-KV) on cells of
     // the two suites above; compare with the same labels there.
-    const int rows[][4] = {{1, 4096, 128, 1}, {8, 8192, 128, 1}, {128, 4096, 128, 1},
-                           {128, 8192, 16, 1}, {128, 8192, 128, 2}};
+    const int rows[][4] = {{1, 4096, 128, 1},
+                           {8, 8192, 128, 1},
+                           {128, 4096, 128, 1},
+                           {128, 8192, 16, 1},
+                           {128, 8192, 128, 2}};
     for (auto& r : rows) {
       Config c;
       c.suite = name;
@@ -173,8 +183,8 @@ std::vector<Config> gpu_suite(const std::string& name) {
       int h_q, extra, page;
       bool len;
     };
-    const Row rows[] = {{64, 512, 64, false}, {128, 1024, 64, false}, {64, 1024, 2, true},
-                        {128, 1024, 2, true}};
+    const Row rows[] = {
+        {64, 512, 64, false}, {128, 1024, 64, false}, {64, 1024, 2, true}, {128, 1024, 2, true}};
     for (const Row& r : rows)
       for (int b : {64, 128}) {
         Config c;
@@ -376,9 +386,12 @@ const Anchor kAnchors[] = {
 
 const char* basis_name(AnchorBasis basis) {
   switch (basis) {
-    case AnchorBasis::kKernel: return "kernel";
-    case AnchorBasis::kEndToEnd: return "end-to-end";
-    case AnchorBasis::kEagerCall: return "eager call";
+    case AnchorBasis::kKernel:
+      return "kernel";
+    case AnchorBasis::kEndToEnd:
+      return "end-to-end";
+    case AnchorBasis::kEagerCall:
+      return "eager call";
   }
   return "?";
 }
@@ -521,7 +534,8 @@ Work sparse_prefill_work(const Config& c, const std::vector<int32_t>& indices) {
   double valid = 0;
   for (int32_t i : indices) valid += (i >= 0 && i < c.s_kv) ? 1 : 0;
   w.flops = 2.0 * c.h_q * valid * (c.d_qk + d_v);
-  w.bytes = valid * c.d_qk * 2 + double(c.s_q) * c.h_q * c.d_qk * 2 + double(c.s_q) * c.h_q * d_v * 2;
+  w.bytes =
+      valid * c.d_qk * 2 + double(c.s_q) * c.h_q * c.d_qk * 2 + double(c.s_q) * c.h_q * d_v * 2;
   return w;
 }
 
@@ -556,8 +570,8 @@ DecodeInputs make_decode_inputs(const Config& c) {
     in.extra_lengths = draw_lengths(c.b, c.s_k, c.s_q, rng);
     in.extra_layout = make_paged(in.extra_lengths, c.extra_page, rng);
     in.extra_page_bytes = fp8_page_bytes(c.format, c.extra_page);
-    in.extra_indices = make_sparse_indices(in.extra_lengths, in.extra_layout, c.s_q,
-                                           c.extra_topk, rng);
+    in.extra_indices =
+        make_sparse_indices(in.extra_lengths, in.extra_layout, c.s_q, c.extra_topk, rng);
     if (c.extra_len) {
       in.extra_topk_length.resize(c.b);
       for (auto& l : in.extra_topk_length) l = int32_t(1 + rng.below(c.extra_topk));

@@ -60,8 +60,7 @@ HostBuf from_f32(const std::vector<float>& v) {
 
 // A quantized FP8 cache of random bf16 tokens: [num_pages, page, 1, bytes_per_token], page stride
 // `page_bytes`.
-HostBuf make_fp8_cache(KVCacheFormat f, int64_t num_pages, int page, int64_t page_bytes,
-                       Rng& rng) {
+HostBuf make_fp8_cache(KVCacheFormat f, int64_t num_pages, int page, int64_t page_bytes, Rng& rng) {
   const KVCacheFormatInfo info = format_info(f);
   HostBuf src(DType::kBFloat16, {num_pages, page, 1, info.d_qk});
   fill_bf16(src, rng);
@@ -261,8 +260,8 @@ Prepared prepare(const Config& c) {
 int run_cpu(const Options& opt, const std::vector<std::string>& suites, DeviceInfo& dev,
             std::vector<std::pair<std::string, std::vector<Result>>>& out) {
   dev.mode = "cpu";
-  dev.name = "CPU reference backend (" + std::to_string(std::thread::hardware_concurrency()) +
-             " threads)";
+  dev.name =
+      "CPU reference backend (" + std::to_string(std::thread::hardware_concurrency()) + " threads)";
   std::vector<Config> configs;
   for (const Config& c : cpu_configs())
     if (suites.empty() || std::find(suites.begin(), suites.end(), c.suite) != suites.end())

@@ -11,13 +11,13 @@
 #include "bench.h"
 #include "gpu.h"
 
-#define BENCH_CUBLAS_CHECK(expr)                                                           \
-  do {                                                                                     \
-    cublasStatus_t bench_st_ = (expr);                                                     \
-    if (bench_st_ != CUBLAS_STATUS_SUCCESS)                                                \
-      throw ::openmla::Error("cublas", std::string(#expr) + " failed: " +                  \
-                                           cublasGetStatusString(bench_st_) + " at " +     \
-                                           __FILE__ + ":" + std::to_string(__LINE__));     \
+#define BENCH_CUBLAS_CHECK(expr)                                                                \
+  do {                                                                                          \
+    cublasStatus_t bench_st_ = (expr);                                                          \
+    if (bench_st_ != CUBLAS_STATUS_SUCCESS)                                                     \
+      throw ::openmla::Error("cublas", std::string(#expr) +                                     \
+                                           " failed: " + cublasGetStatusString(bench_st_) +     \
+                                           " at " + __FILE__ + ":" + std::to_string(__LINE__)); \
   } while (0)
 
 namespace openmla::bench {
@@ -39,7 +39,8 @@ double median_ms(cudaStream_t stream, int warmup, int reps, F&& body) {
       OPENMLA_CUDA_CHECK(cudaEventRecord(ev[i + 1], stream));
     }
     OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
-    for (int i = 0; i < reps; ++i) OPENMLA_CUDA_CHECK(cudaEventElapsedTime(&ms[i], ev[i], ev[i + 1]));
+    for (int i = 0; i < reps; ++i)
+      OPENMLA_CUDA_CHECK(cudaEventElapsedTime(&ms[i], ev[i], ev[i + 1]));
   } catch (...) {
     for (auto& e : ev) (void)cudaEventDestroy(e);
     throw;
@@ -109,8 +110,10 @@ void measure_gemm_ceiling(bool quick, Ceilings& ceil) {
   }
   BENCH_CUBLAS_CHECK(cublasDestroy(handle));
   ceil.gemm_tflops = 2.0 * double(n) * n * n / (ms * 1e-3) * 1e-12;
-  ceil.gemm_note = "cublasGemmEx bf16 in/out, fp32 compute, 8192^3, random N(0,1) inputs, "
-                   "median of " + std::to_string(reps) + " after 3 warm-ups (CUDA events)";
+  ceil.gemm_note =
+      "cublasGemmEx bf16 in/out, fp32 compute, 8192^3, random N(0,1) inputs, "
+      "median of " +
+      std::to_string(reps) + " after 3 warm-ups (CUDA events)";
 }
 
 }  // namespace openmla::bench

@@ -126,14 +126,16 @@ TensorView random_fp8_cache(InputSet& set, KVCacheFormat f, int64_t num_pages, i
   uint8_t* base = set.bufs.back().as<uint8_t>();
   OPENMLA_CUDA_CHECK(cudaMemsetAsync(base, 0, size_t(num_pages * page_bytes), stream));
   const int64_t token_bytes = int64_t(page) * info.d_qk * 2;
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(num_pages, (256ll << 20) / token_bytes));
+  const int64_t chunk =
+      std::max<int64_t>(1, std::min<int64_t>(num_pages, (256ll << 20) / token_bytes));
   DeviceBuffer staging(size_t(chunk * token_bytes));
   for (int64_t p0 = 0; p0 < num_pages; p0 += chunk) {
     const int64_t np = std::min(chunk, num_pages - p0);
     fill_normal_bf16(staging.get(), size_t(np * page * info.d_qk), seed + uint64_t(p0), 1.0f,
                      stream);
     QuantizeKVParams qp;
-    qp.input = TensorView::contiguous(staging.get(), DType::kBFloat16, kGpu, {np, page, 1, info.d_qk});
+    qp.input =
+        TensorView::contiguous(staging.get(), DType::kBFloat16, kGpu, {np, page, 1, info.d_qk});
     qp.cache = TensorView::strided(base + p0 * page_bytes, DType::kUInt8, kGpu,
                                    {np, page, 1, info.bytes_per_token},
                                    {page_bytes, info.bytes_per_token, info.bytes_per_token, 1});
@@ -151,7 +153,8 @@ size_t set_bytes(const Config& c, const DecodeInputs* d, const PrefillInputs* p)
   const double out = 2.0 * c.s_q * c.h_q * 512 * (c.op == Op::kSparsePrefill ? 1 : c.b);
   double bytes = 0;
   if (c.op == Op::kDenseDecode) {
-    bytes = 2.0 * c.b * c.s_q * c.h_q * c.d_qk + 2.0 * d->layout.num_pages * c.page * c.h_kv * c.d_qk +
+    bytes = 2.0 * c.b * c.s_q * c.h_q * c.d_qk +
+            2.0 * d->layout.num_pages * c.page * c.h_kv * c.d_qk +
             4.0 * d->layout.block_table.size() + out;
   } else if (c.op == Op::kSparseDecode) {
     bytes = 2.0 * c.b * c.s_q * c.h_q * c.d_qk + double(d->layout.num_pages) * d->page_bytes +
@@ -191,7 +194,8 @@ Case build_case(const Config& c, const DecodeInputs* d, const PrefillInputs* pin
       DenseDecodeParams p;
       p.q = random_bf16(set, {c.b, c.s_q, c.h_q, c.d_qk}, seed ^ 1, stream);
       p.k_cache = random_bf16(set, {d->layout.num_pages, c.page, c.h_kv, c.d_qk}, seed ^ 2, stream);
-      p.block_table = upload(set, d->layout.block_table, DType::kInt32, {c.b, d->layout.max_pages}, stream);
+      p.block_table =
+          upload(set, d->layout.block_table, DType::kInt32, {c.b, d->layout.max_pages}, stream);
       p.cache_seqlens = upload(set, d->lengths, DType::kInt32, {c.b}, stream);
       p.out = output(set, DType::kBFloat16, {c.b, c.s_q, c.h_q, 512}, stream);
       p.lse = output(set, DType::kFloat32, {c.b, c.h_q, c.s_q}, stream);
@@ -213,7 +217,8 @@ Case build_case(const Config& c, const DecodeInputs* d, const PrefillInputs* pin
       if (c.extra_topk > 0) {
         p.extra_k_cache = random_fp8_cache(set, c.format, d->extra_layout.num_pages, c.extra_page,
                                            d->extra_page_bytes, seed ^ 3, stream);
-        p.extra_indices = upload(set, d->extra_indices, DType::kInt32, {c.b, c.s_q, c.extra_topk}, stream);
+        p.extra_indices =
+            upload(set, d->extra_indices, DType::kInt32, {c.b, c.s_q, c.extra_topk}, stream);
         if (!d->extra_topk_length.empty())
           p.extra_topk_length = upload(set, d->extra_topk_length, DType::kInt32, {c.b}, stream);
       }
@@ -364,8 +369,8 @@ Result run_config(const Config& c, const Options& opt, const DeviceInfo& dev, cu
   while (n_sets > 1 && double(n_sets) * per_set > 0.6 * double(free_b)) --n_sets;
   if (double(per_set) > 0.9 * double(free_b)) {
     r.status = "error";
-    r.message = "needs " + gib(double(per_set)) + " of device memory, " + gib(double(free_b)) +
-                " free";
+    r.message =
+        "needs " + gib(double(per_set)) + " of device memory, " + gib(double(free_b)) + " free";
     return r;
   }
   r.sets = n_sets;
@@ -398,12 +403,12 @@ int run_gpu(const Options& opt, const std::vector<std::string>& suites, DeviceIn
   OPENMLA_CUDA_CHECK(cudaRuntimeGetVersion(&dev.runtime));
   print_device(dev);
   if (prop.major != 9 || prop.minor != 0) {
-    dev.note = "kernels are built for sm_90a only; this device is sm_" + std::to_string(prop.major) +
-               std::to_string(prop.minor);
+    dev.note = "kernels are built for sm_90a only; this device is sm_" +
+               std::to_string(prop.major) + std::to_string(prop.minor);
     std::cout << "warning: " << dev.note << "\n";
   }
-  std::cout << "CUDA operators in this build: "
-            << (*cuda_operators() ? cuda_operators() : "(none)") << "\n";
+  std::cout << "CUDA operators in this build: " << (*cuda_operators() ? cuda_operators() : "(none)")
+            << "\n";
 
   // Ceilings.
   std::cerr << "[ceilings] device-to-device copy ..." << std::flush;
@@ -423,8 +428,7 @@ int run_gpu(const Options& opt, const std::vector<std::string>& suites, DeviceIn
     std::cerr << " failed: " << e.what() << "\n";
   }
   std::cout << "ceiling  device-to-device copy: " << format_double(ceil.copy_gbps, 0)
-            << " GB/s (read + written; ANCHORS.md: " << format_double(kAnchorCopyGBps, 0)
-            << ")\n";
+            << " GB/s (read + written; ANCHORS.md: " << format_double(kAnchorCopyGBps, 0) << ")\n";
   std::cout << "ceiling  bf16 GEMM 8192^3:      " << format_double(ceil.gemm_tflops, 0)
             << " TFLOPS (cuBLAS; ANCHORS.md: " << format_double(kAnchorGemmTflops, 0) << ")\n";
   std::cout << "time: 'graph' = median per call of CUDA-graph replays of the whole call (plan "

@@ -89,8 +89,10 @@ void list_suites() {
       for (size_t i = 0; i < anchors.size(); ++i) {
         const Anchor& a = anchors[i];
         std::cout << (i ? "; " : "   FlashMLA: ");
-        if (a.tflops > 0) std::cout << a.tflops << " TFLOPS";
-        else if (a.gbps > 0) std::cout << a.gbps << " GB/s";
+        if (a.tflops > 0)
+          std::cout << a.tflops << " TFLOPS";
+        else if (a.gbps > 0)
+          std::cout << a.gbps << " GB/s";
         if (a.us > 0) std::cout << (a.tflops > 0 || a.gbps > 0 ? ", " : "") << a.us << " us";
         std::cout << " (" << basis_name(a.basis) << ")";
       }
@@ -145,7 +147,8 @@ int main(int argc, char** argv) {
       errors = run_gpu(opt, suites, dev, ceil, results);
 #endif
     } else {
-      std::cout << "No GPU used (" << why << "): running the CPU reference backend on small "
+      std::cout << "No GPU used (" << why
+                << "): running the CPU reference backend on small "
                    "configurations (time per call, std::chrono).\n";
       dev.note = why;
       errors = run_cpu(opt, opt.suites, dev, results);

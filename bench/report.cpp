@@ -120,8 +120,8 @@ void print_suite_table(const std::string& suite, const std::vector<Result>& resu
                       fm.empty() ? "-" : fm, ratio.empty() ? "-" : ratio});
       if (!r.message.empty()) rows.push_back({"", "note: " + r.message});
     }
-    print_table({"config", "graph us", "eager us", "TFLOPS", "GB/s", "%GEMM", "%copy",
-                 "FlashMLA", "vs FlashMLA"},
+    print_table({"config", "graph us", "eager us", "TFLOPS", "GB/s", "%GEMM", "%copy", "FlashMLA",
+                 "vs FlashMLA"},
                 rows);
   } else {
     for (const Result& r : results) {
@@ -310,7 +310,8 @@ void write_json(const std::string& path, const Options& opt, const DeviceInfo& d
     j.key("sms").value(dev.sms);
     j.key("l2_bytes").value(dev.l2_bytes);
     j.key("memory_bytes").value(dev.memory_bytes);
-    j.key("compute_capability").value(std::to_string(dev.cc_major) + "." + std::to_string(dev.cc_minor));
+    j.key("compute_capability")
+        .value(std::to_string(dev.cc_major) + "." + std::to_string(dev.cc_minor));
     j.key("driver_version").value(dev.driver);
     j.key("runtime_version").value(dev.runtime);
   }

@@ -8,14 +8,14 @@
 
 namespace openmla {
 
-#define OPENMLA_BACKEND_OPS                                          \
-  void dense_decode(const DenseDecodeParams& p);                     \
-  void sparse_decode(const SparseDecodeParams& p);                   \
-  void sparse_prefill(const SparsePrefillParams& p);                 \
-  void dense_prefill_forward(const DensePrefillParams& p);           \
-  void dense_prefill_backward(const DensePrefillBackwardParams& p);  \
-  void quantize_kv_cache(const QuantizeKVParams& p);                 \
-  void dequantize_kv_cache(const DequantizeKVParams& p);             \
+#define OPENMLA_BACKEND_OPS                                         \
+  void dense_decode(const DenseDecodeParams& p);                    \
+  void sparse_decode(const SparseDecodeParams& p);                  \
+  void sparse_prefill(const SparsePrefillParams& p);                \
+  void dense_prefill_forward(const DensePrefillParams& p);          \
+  void dense_prefill_backward(const DensePrefillBackwardParams& p); \
+  void quantize_kv_cache(const QuantizeKVParams& p);                \
+  void dequantize_kv_cache(const DequantizeKVParams& p);            \
   void append_kv_cache(const AppendKVParams& p);
 
 namespace cpu {

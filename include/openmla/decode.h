@@ -16,10 +16,10 @@ struct DecodePlanConfig {
   int h_kv = 1;
   int d_qk = 576;
   bool causal = false;
-  bool sparse = false;       // plan for sparse_decode (work per request = topk, not cache length)
-  int topk = 0;              // sparse only: indices per query (plus extra_topk)
-  int extra_topk = 0;        // sparse only
-  int num_sms = 0;           // 0: every SM of the device
+  bool sparse = false;  // plan for sparse_decode (work per request = topk, not cache length)
+  int topk = 0;         // sparse only: indices per query (plus extra_topk)
+  int extra_topk = 0;   // sparse only
+  int num_sms = 0;      // 0: every SM of the device
   // A request's result does not depend on which other requests share the batch: requests are
   // never split across SMs (each is computed by one CTA per 64 query rows, blocks in order).
   // Cost: a long request no longer spreads over the GPU, so small batches of long contexts run on

@@ -11,7 +11,8 @@ class Error : public std::runtime_error {
   // `argument` is the public name of the argument at fault ("q", "cache_seqlens", ...), or a
   // subsystem name ("cuda", "backend") when no single argument is to blame.
   Error(std::string argument, const std::string& message)
-      : std::runtime_error("openmla: " + argument + ": " + message), argument_(std::move(argument)) {}
+      : std::runtime_error("openmla: " + argument + ": " + message),
+        argument_(std::move(argument)) {}
 
   const std::string& argument() const noexcept { return argument_; }
 

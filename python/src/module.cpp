@@ -59,9 +59,7 @@ struct TorchTypes {
 constexpr DType kAllDTypes[6] = {DType::kBFloat16, DType::kFloat16, DType::kInt32,
                                  DType::kFloat32,  DType::kUInt8,   DType::kFloat8E4M3};
 
-std::string type_name(PyObject* o) {
-  return Py_TYPE(o)->tp_name ? Py_TYPE(o)->tp_name : "?";
-}
+std::string type_name(PyObject* o) { return Py_TYPE(o)->tp_name ? Py_TYPE(o)->tp_name : "?"; }
 
 // A Python error raised while reading `arg` becomes an Error naming the argument.
 [[noreturn]] void fail_from_python(const char* arg, const char* what) {
@@ -112,7 +110,8 @@ TensorView torch_view(PyObject* o, const char* arg) {
   if (!found) {
     nb::str s = nb::str(dt);
     throw Error(arg, std::string("expected a tensor of dtype bfloat16, float16, float32, int32, "
-                                 "uint8 or float8_e4m3fn, got ") + s.c_str());
+                                 "uint8 or float8_e4m3fn, got ") +
+                         s.c_str());
   }
   nb::object is_cuda = nb::steal(PyObject_GetAttr(o, g_names.is_cuda));
   if (!is_cuda.is_valid()) fail_from_python(arg, "reading is_cuda");
@@ -181,8 +180,8 @@ struct ExchangeCache {
     for (int i = 0; i < n; ++i)
       if (type[i] == tp) return api[i];
     const DlExchangeApi* found = nullptr;
-    PyObject* cap = PyObject_GetAttrString(reinterpret_cast<PyObject*>(tp),
-                                           "__dlpack_c_exchange_api__");
+    PyObject* cap =
+        PyObject_GetAttrString(reinterpret_cast<PyObject*>(tp), "__dlpack_c_exchange_api__");
     if (cap && PyCapsule_CheckExact(cap) && PyCapsule_IsValid(cap, "dlpack_exchange_api")) {
       auto* a = static_cast<const DlExchangeApi*>(PyCapsule_GetPointer(cap, "dlpack_exchange_api"));
       if (a && a->header.version.major == 1 && a->header.version.minor >= 2 &&
@@ -216,15 +215,22 @@ nb::object allocate_like(nb::handle like, DType dtype, Device device,
   int ndim = 0;
   for (int64_t d : shape) dims[ndim++] = d;
   nb::dlpack::dltensor proto{};
-  proto.device.device_type = device.type == DeviceType::kCUDA ? nb::device::cuda::value
-                                                               : nb::device::cpu::value;
+  proto.device.device_type =
+      device.type == DeviceType::kCUDA ? nb::device::cuda::value : nb::device::cpu::value;
   proto.device.device_id = device.type == DeviceType::kCUDA ? device.index : 0;
   proto.ndim = ndim;
   switch (dtype) {
-    case DType::kBFloat16: proto.dtype = {uint8_t(nb::dlpack::dtype_code::Bfloat), 16, 1}; break;
-    case DType::kFloat16: proto.dtype = {uint8_t(nb::dlpack::dtype_code::Float), 16, 1}; break;
-    case DType::kFloat32: proto.dtype = {uint8_t(nb::dlpack::dtype_code::Float), 32, 1}; break;
-    default: return nb::object();
+    case DType::kBFloat16:
+      proto.dtype = {uint8_t(nb::dlpack::dtype_code::Bfloat), 16, 1};
+      break;
+    case DType::kFloat16:
+      proto.dtype = {uint8_t(nb::dlpack::dtype_code::Float), 16, 1};
+      break;
+    case DType::kFloat32:
+      proto.dtype = {uint8_t(nb::dlpack::dtype_code::Float), 32, 1};
+      break;
+    default:
+      return nb::object();
   }
   proto.shape = dims;
   std::string err;
@@ -247,13 +253,20 @@ bool dlpack_dtype(nb::dlpack::dtype t, DType& out) {
   using nb::dlpack::dtype_code;
   if (t.lanes != 1) return false;
   const auto code = static_cast<dtype_code>(t.code);
-  if (code == dtype_code::Bfloat && t.bits == 16) out = DType::kBFloat16;
-  else if (code == dtype_code::Float && t.bits == 16) out = DType::kFloat16;
-  else if (code == dtype_code::Float && t.bits == 32) out = DType::kFloat32;
-  else if (code == dtype_code::Int && t.bits == 32) out = DType::kInt32;
-  else if (code == dtype_code::UInt && t.bits == 8) out = DType::kUInt8;
-  else if (code == dtype_code::Float8_E4M3FN && t.bits == 8) out = DType::kFloat8E4M3;
-  else return false;
+  if (code == dtype_code::Bfloat && t.bits == 16)
+    out = DType::kBFloat16;
+  else if (code == dtype_code::Float && t.bits == 16)
+    out = DType::kFloat16;
+  else if (code == dtype_code::Float && t.bits == 32)
+    out = DType::kFloat32;
+  else if (code == dtype_code::Int && t.bits == 32)
+    out = DType::kInt32;
+  else if (code == dtype_code::UInt && t.bits == 8)
+    out = DType::kUInt8;
+  else if (code == dtype_code::Float8_E4M3FN && t.bits == 8)
+    out = DType::kFloat8E4M3;
+  else
+    return false;
   return true;
 }
 
@@ -267,8 +280,10 @@ std::string dlpack_dtype_str(nb::dlpack::dtype t);
 TensorView dltensor_view(const nb::dlpack::dltensor& t, const char* arg) {
   TensorView v;
   if (!dlpack_dtype(t.dtype, v.dtype))
-    throw Error(arg, "expected an array of dtype bfloat16, float16, float32, int32, uint8 or "
-                     "float8_e4m3fn, got " + dlpack_dtype_str(t.dtype));
+    throw Error(arg,
+                "expected an array of dtype bfloat16, float16, float32, int32, uint8 or "
+                "float8_e4m3fn, got " +
+                    dlpack_dtype_str(t.dtype));
   switch (t.device.device_type) {
     case nb::device::cpu::value:
     case nb::device::cuda_host::value:
@@ -303,8 +318,10 @@ TensorView array_view(const Array& a, const char* arg, const DType* dtype_overri
   if (dtype_override) {
     v.dtype = *dtype_override;
   } else if (!dlpack_dtype(a.dtype(), v.dtype)) {
-    throw Error(arg, "expected an array of dtype bfloat16, float16, float32, int32, uint8 or "
-                     "float8_e4m3fn, got " + dlpack_dtype_str(a.dtype()));
+    throw Error(arg,
+                "expected an array of dtype bfloat16, float16, float32, int32, uint8 or "
+                "float8_e4m3fn, got " +
+                    dlpack_dtype_str(a.dtype()));
   }
   switch (a.device_type()) {
     case nb::device::cpu::value:
@@ -357,8 +374,8 @@ class Args {
     nb::object dt = nb::steal(PyObject_GetAttr(h.ptr(), g_names.dtype));
     if (dt.is_valid()) {
       nb::object name = nb::steal(PyObject_GetAttrString(dt.ptr(), "name"));
-      const char* s = name.is_valid() && PyUnicode_Check(name.ptr())
-                          ? PyUnicode_AsUTF8(name.ptr()) : nullptr;
+      const char* s =
+          name.is_valid() && PyUnicode_Check(name.ptr()) ? PyUnicode_AsUTF8(name.ptr()) : nullptr;
       DType d{};
       const char* as = nullptr;
       if (s && std::strcmp(s, "bfloat16") == 0) {
@@ -377,8 +394,10 @@ class Args {
       }
     }
     PyErr_Clear();
-    throw Error(arg, "expected an array supporting DLPack or the buffer protocol (torch, NumPy, "
-                     "CuPy, JAX, ...) or None, got an object of type " + type_name(h.ptr()));
+    throw Error(arg,
+                "expected an array supporting DLPack or the buffer protocol (torch, NumPy, "
+                "CuPy, JAX, ...) or None, got an object of type " +
+                    type_name(h.ptr()));
   }
 
  private:
@@ -496,9 +515,9 @@ bool can_allocate_like(nb::handle x) {
 NB_MODULE(_C, m) {
   m.doc() = "OpenMLA C++ API (framework-free; arrays through DLPack). Use the openmla package.";
 
-  g_names = {PyUnicode_InternFromString("dtype"),    PyUnicode_InternFromString("shape"),
-             PyUnicode_InternFromString("stride"),   PyUnicode_InternFromString("data_ptr"),
-             PyUnicode_InternFromString("is_cuda"),  PyUnicode_InternFromString("is_cpu"),
+  g_names = {PyUnicode_InternFromString("dtype"),      PyUnicode_InternFromString("shape"),
+             PyUnicode_InternFromString("stride"),     PyUnicode_InternFromString("data_ptr"),
+             PyUnicode_InternFromString("is_cuda"),    PyUnicode_InternFromString("is_cpu"),
              PyUnicode_InternFromString("get_device"), PyUnicode_InternFromString("device")};
 
   g_error_type = PyErr_NewExceptionWithDoc(
@@ -517,8 +536,9 @@ NB_MODULE(_C, m) {
 
   m.attr("version") = nb::make_tuple(kVersionMajor, kVersionMinor, kVersionPatch);
   m.def("built_with_cuda", &built_with_cuda, "True when this build carries the CUDA backend.");
-  m.def("cuda_operators", [] { return split_ops(cuda_operators()); },
-        "Operators with a GPU kernel in this build.");
+  m.def(
+      "cuda_operators", [] { return split_ops(cuda_operators()); },
+      "Operators with a GPU kernel in this build.");
 
   m.def(
       "_set_torch",
@@ -555,8 +575,8 @@ NB_MODULE(_C, m) {
             throw Error("route", "not a torch.Tensor (or torch support not initialised)");
           v = torch_view(x.ptr(), "x");
         } else {
-          throw Error("route", "expected 'auto', 'dlpack', 'exchange' or 'torch', got '" + route +
-                                   "'");
+          throw Error("route",
+                      "expected 'auto', 'dlpack', 'exchange' or 'torch', got '" + route + "'");
         }
         return view_dict(v);
       },
@@ -602,9 +622,9 @@ NB_MODULE(_C, m) {
                          "Split-KV schedule of one decode step (fixed-size device buffers).")
       .def(
           "__init__",
-          [](DecodePlan* self, const std::string& device_type, int device_index, int batch,
-             int s_q, int h_q, int h_kv, int d_qk, bool causal, bool sparse, int topk,
-             int extra_topk, int num_sms, bool batch_invariant) {
+          [](DecodePlan* self, const std::string& device_type, int device_index, int batch, int s_q,
+             int h_q, int h_kv, int d_qk, bool causal, bool sparse, int topk, int extra_topk,
+             int num_sms, bool batch_invariant) {
             DecodePlanConfig c;
             c.batch = batch;
             c.s_q = s_q;
@@ -699,10 +719,10 @@ NB_MODULE(_C, m) {
         return nb::make_tuple(out_o, lse_o);
       },
       nb::arg("q").none(), nb::arg("k_cache").none(), nb::arg("indices").none(),
-      nb::arg("topk_length").none(), nb::arg("attn_sink").none(),
-      nb::arg("extra_k_cache").none(), nb::arg("extra_indices").none(),
-      nb::arg("extra_topk_length").none(), nb::arg("out").none(), nb::arg("lse").none(),
-      nb::arg("plan").none(), nb::arg("d_v"), nb::arg("softmax_scale"), nb::arg("stream"),
+      nb::arg("topk_length").none(), nb::arg("attn_sink").none(), nb::arg("extra_k_cache").none(),
+      nb::arg("extra_indices").none(), nb::arg("extra_topk_length").none(), nb::arg("out").none(),
+      nb::arg("lse").none(), nb::arg("plan").none(), nb::arg("d_v"), nb::arg("softmax_scale"),
+      nb::arg("stream"),
       "Returns (out, lse), allocating outputs passed as None as dense_decode does.");
 
   m.def(
@@ -728,14 +748,14 @@ NB_MODULE(_C, m) {
       },
       nb::arg("q").none(), nb::arg("kv").none(), nb::arg("indices").none(),
       nb::arg("attn_sink").none(), nb::arg("topk_length").none(), nb::arg("out").none(),
-      nb::arg("max_logits").none(), nb::arg("lse").none(), nb::arg("d_v"),
-      nb::arg("softmax_scale"), nb::arg("stream"));
+      nb::arg("max_logits").none(), nb::arg("lse").none(), nb::arg("d_v"), nb::arg("softmax_scale"),
+      nb::arg("stream"));
 
   m.def(
       "dense_prefill_forward",
-      [](nb::handle q, nb::handle k, nb::handle v, nb::handle cu_seqlens_q,
-         nb::handle cu_seqlens_k, nb::handle out, nb::handle lse, int max_seqlen_q,
-         int max_seqlen_k, float softmax_scale, bool causal, uintptr_t stream) {
+      [](nb::handle q, nb::handle k, nb::handle v, nb::handle cu_seqlens_q, nb::handle cu_seqlens_k,
+         nb::handle out, nb::handle lse, int max_seqlen_q, int max_seqlen_k, float softmax_scale,
+         bool causal, uintptr_t stream) {
         Args a;
         DensePrefillParams p;
         p.q = a(q, "q");
@@ -753,17 +773,17 @@ NB_MODULE(_C, m) {
         ReleaseForCpu gil(p.q);
         dense_prefill_forward(p);
       },
-      nb::arg("q").none(), nb::arg("k").none(), nb::arg("v").none(),
-      nb::arg("cu_seqlens_q").none(), nb::arg("cu_seqlens_k").none(), nb::arg("out").none(),
-      nb::arg("lse").none(), nb::arg("max_seqlen_q"), nb::arg("max_seqlen_k"),
-      nb::arg("softmax_scale"), nb::arg("causal"), nb::arg("stream"));
+      nb::arg("q").none(), nb::arg("k").none(), nb::arg("v").none(), nb::arg("cu_seqlens_q").none(),
+      nb::arg("cu_seqlens_k").none(), nb::arg("out").none(), nb::arg("lse").none(),
+      nb::arg("max_seqlen_q"), nb::arg("max_seqlen_k"), nb::arg("softmax_scale"), nb::arg("causal"),
+      nb::arg("stream"));
 
   m.def(
       "dense_prefill_backward",
-      [](nb::handle dout, nb::handle q, nb::handle k, nb::handle v, nb::handle out,
-         nb::handle lse, nb::handle cu_seqlens_q, nb::handle cu_seqlens_k, nb::handle dq,
-         nb::handle dk, nb::handle dv, int max_seqlen_q, int max_seqlen_k, float softmax_scale,
-         bool causal, uintptr_t stream) {
+      [](nb::handle dout, nb::handle q, nb::handle k, nb::handle v, nb::handle out, nb::handle lse,
+         nb::handle cu_seqlens_q, nb::handle cu_seqlens_k, nb::handle dq, nb::handle dk,
+         nb::handle dv, int max_seqlen_q, int max_seqlen_k, float softmax_scale, bool causal,
+         uintptr_t stream) {
         Args a;
         DensePrefillBackwardParams p;
         p.dout = a(dout, "dout");
@@ -833,6 +853,6 @@ NB_MODULE(_C, m) {
         ReleaseForCpu gil(p.input);
         append_kv_cache(p);
       },
-      nb::arg("input").none(), nb::arg("slots").none(), nb::arg("cache").none(),
-      nb::arg("format"), nb::arg("stream"));
+      nb::arg("input").none(), nb::arg("slots").none(), nb::arg("cache").none(), nb::arg("format"),
+      nb::arg("stream"));
 }

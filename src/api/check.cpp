@@ -55,8 +55,7 @@ static bool byte_extent(const TensorView& t, int64_t& extent) {
 
 void tensor(const TensorView& t, const char* arg, int ndim, const char* layout) {
   if (!t.present()) fail(arg, std::string("expected a tensor ") + layout + ", got nothing");
-  if (t.ndim != ndim)
-    fail(arg, "rank " + std::to_string(ndim) + " " + layout, t);
+  if (t.ndim != ndim) fail(arg, "rank " + std::to_string(ndim) + " " + layout, t);
   if (dtype_size(t.dtype) == 0)
     fail(arg, "a known dtype (got DType " + std::to_string(int(t.dtype)) + ")", t);
   if (t.device.type != DeviceType::kCPU && t.device.type != DeviceType::kCUDA)
@@ -77,9 +76,9 @@ void tensor(const TensorView& t, const char* arg, int ndim, const char* layout) 
     if (t.data == nullptr) fail(arg, "a non-null data pointer", t);
     const size_t es = dtype_size(t.dtype);
     if (reinterpret_cast<uintptr_t>(t.data) % es != 0)
-      fail(arg, "expected a data pointer aligned to " + std::to_string(es) + " bytes (the size of " +
-                    dtype_name(t.dtype) + "), got " + pointer_str(t.data) + " for " +
-                    t.describe());
+      fail(arg, "expected a data pointer aligned to " + std::to_string(es) +
+                    " bytes (the size of " + dtype_name(t.dtype) + "), got " + pointer_str(t.data) +
+                    " for " + t.describe());
     if (t.shape[ndim - 1] > 1 && t.strides[ndim - 1] != 1)
       fail(arg, "the last dimension contiguous (stride 1)", t);
   }
@@ -99,8 +98,9 @@ void dtype(const TensorView& t, const char* arg, std::initializer_list<DType> al
 
 void dim(const TensorView& t, const char* arg, int d, int64_t expected, const char* what) {
   if (t.shape[d] != expected)
-    fail(arg, "size " + std::to_string(expected) + " in dim " + std::to_string(d) + " (" + what +
-                  ")", t);
+    fail(arg,
+         "size " + std::to_string(expected) + " in dim " + std::to_string(d) + " (" + what + ")",
+         t);
 }
 
 void same_device(const TensorView& t, const char* arg, Device device) {
@@ -109,8 +109,7 @@ void same_device(const TensorView& t, const char* arg, Device device) {
 }
 
 void positive(int64_t v, const char* arg, const char* what) {
-  if (v <= 0)
-    throw Error(arg, std::string("expected ") + what + " > 0, got " + std::to_string(v));
+  if (v <= 0) throw Error(arg, std::string("expected ") + what + " > 0, got " + std::to_string(v));
 }
 
 void scale(float softmax_scale, const char* arg) {
@@ -169,12 +168,16 @@ void outputs(std::initializer_list<Named> outs, std::initializer_list<Named> ins
         fail(o->arg, "an output whose elements are distinct (stride 0 only on dims of size 1)", t);
     for (const Named& in : ins)
       if (overlap(t, in.t))
-        fail(o->arg, std::string("an output sharing no memory with ") + in.arg + " (" +
-                         in.t.describe() + ")", t);
+        fail(o->arg,
+             std::string("an output sharing no memory with ") + in.arg + " (" + in.t.describe() +
+                 ")",
+             t);
     for (auto e = outs.begin(); e != o; ++e)
       if (overlap(t, e->t))
-        fail(o->arg, std::string("an output sharing no memory with the output ") + e->arg + " (" +
-                         e->t.describe() + ")", t);
+        fail(o->arg,
+             std::string("an output sharing no memory with the output ") + e->arg + " (" +
+                 e->t.describe() + ")",
+             t);
   }
 }
 

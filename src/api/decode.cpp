@@ -29,11 +29,13 @@ static void validate_plan_config(const DecodePlanConfig& c) {
     if (c.extra_topk < 0)
       throw Error("config.extra_topk", "expected >= 0, got " + std::to_string(c.extra_topk));
     if (c.h_kv != 1)
-      throw Error("config.h_kv", "expected 1 for a sparse plan (FP8 caches hold one KV head), got " +
-                                     std::to_string(c.h_kv));
+      throw Error("config.h_kv",
+                  "expected 1 for a sparse plan (FP8 caches hold one KV head), got " +
+                      std::to_string(c.h_kv));
     if (c.causal)
-      throw Error("config.causal", "expected false for a sparse plan (sparse decode has no causal "
-                                   "mask; the indices select the keys)");
+      throw Error("config.causal",
+                  "expected false for a sparse plan (sparse decode has no causal "
+                  "mask; the indices select the keys)");
   }
 }
 
@@ -92,8 +94,9 @@ void DecodePlan::update(const TensorView& cache_seqlens, Stream stream) {
     check::dtype(cache_seqlens, "cache_seqlens", {DType::kInt32});
     check::dim(cache_seqlens, "cache_seqlens", 0, c.batch, "config.batch");
     if (cache_seqlens.device != impl_->device)
-      check::fail("cache_seqlens", "a tensor on " + device_name(impl_->device) +
-                                       " (the device of the plan)", cache_seqlens);
+      check::fail("cache_seqlens",
+                  "a tensor on " + device_name(impl_->device) + " (the device of the plan)",
+                  cache_seqlens);
     check::device_pointers({{cache_seqlens, "cache_seqlens"}});
   }
   if (impl_->device.type == DeviceType::kCPU) return;  // the CPU backend needs no schedule
@@ -107,8 +110,10 @@ void DecodePlan::update(const TensorView& cache_seqlens, Stream stream) {
 static void check_plan(const DecodePlan* plan, Device device, const DecodePlanConfig& want) {
   if (device.type == DeviceType::kCPU) return;  // accepted and ignored
   if (plan == nullptr)
-    throw Error("plan", "a DecodePlan (made for these shapes and updated for this step) is "
-                        "required on " + device_name(device));
+    throw Error("plan",
+                "a DecodePlan (made for these shapes and updated for this step) is "
+                "required on " +
+                    device_name(device));
   check_not_moved_from(plan->impl());
   const DecodePlanConfig& c = plan->config();
   if (plan->device() != device)
@@ -188,12 +193,17 @@ static void validate(const DenseDecodeParams& p) {
   want.h_kv = static_cast<int>(h_kv);
   want.d_qk = static_cast<int>(d_qk);
   want.causal = p.causal;
-  check::outputs({{p.out, "out"}, {p.lse, "lse"}},
-                 {{p.q, "q"}, {p.k_cache, "k_cache"}, {p.block_table, "block_table"},
-                  {p.cache_seqlens, "cache_seqlens"}});
+  check::outputs({{p.out, "out"}, {p.lse, "lse"}}, {{p.q, "q"},
+                                                    {p.k_cache, "k_cache"},
+                                                    {p.block_table, "block_table"},
+                                                    {p.cache_seqlens, "cache_seqlens"}});
   check_plan(p.plan, dev, want);
-  check::device_pointers({{p.q, "q"}, {p.k_cache, "k_cache"}, {p.block_table, "block_table"},
-                          {p.cache_seqlens, "cache_seqlens"}, {p.out, "out"}, {p.lse, "lse"}});
+  check::device_pointers({{p.q, "q"},
+                          {p.k_cache, "k_cache"},
+                          {p.block_table, "block_table"},
+                          {p.cache_seqlens, "cache_seqlens"},
+                          {p.out, "out"},
+                          {p.lse, "lse"}});
 }
 
 void dense_decode(const DenseDecodeParams& params) {
@@ -209,7 +219,8 @@ void dense_decode(const DenseDecodeParams& params) {
 // FP8 cache tensor [num_pages, page_size, 1, bytes_per_token] of bytes.
 void check_fp8_cache(const TensorView& c, const char* arg, KVCacheFormat format, Device dev);
 
-static void check_indices(const TensorView& t, const char* arg, int64_t b, int64_t s_q, Device dev) {
+static void check_indices(const TensorView& t, const char* arg, int64_t b, int64_t s_q,
+                          Device dev) {
   check::tensor(t, arg, 3, "[b, s_q, topk]");
   check::dtype(t, arg, {DType::kInt32});
   check::dim(t, arg, 0, b, "batch of q");
@@ -276,16 +287,24 @@ static void validate(const SparseDecodeParams& p) {
   want.sparse = true;
   want.topk = static_cast<int>(p.indices.shape[2]);
   want.extra_topk = extra ? static_cast<int>(p.extra_indices.shape[2]) : 0;
-  check::outputs({{p.out, "out"}, {p.lse, "lse"}},
-                 {{p.q, "q"}, {p.k_cache, "k_cache"}, {p.indices, "indices"},
-                  {p.topk_length, "topk_length"}, {p.attn_sink, "attn_sink"},
-                  {p.extra_k_cache, "extra_k_cache"}, {p.extra_indices, "extra_indices"},
-                  {p.extra_topk_length, "extra_topk_length"}});
+  check::outputs({{p.out, "out"}, {p.lse, "lse"}}, {{p.q, "q"},
+                                                    {p.k_cache, "k_cache"},
+                                                    {p.indices, "indices"},
+                                                    {p.topk_length, "topk_length"},
+                                                    {p.attn_sink, "attn_sink"},
+                                                    {p.extra_k_cache, "extra_k_cache"},
+                                                    {p.extra_indices, "extra_indices"},
+                                                    {p.extra_topk_length, "extra_topk_length"}});
   check_plan(p.plan, dev, want);
-  check::device_pointers({{p.q, "q"}, {p.k_cache, "k_cache"}, {p.indices, "indices"},
-                          {p.topk_length, "topk_length"}, {p.attn_sink, "attn_sink"},
-                          {p.extra_k_cache, "extra_k_cache"}, {p.extra_indices, "extra_indices"},
-                          {p.extra_topk_length, "extra_topk_length"}, {p.out, "out"},
+  check::device_pointers({{p.q, "q"},
+                          {p.k_cache, "k_cache"},
+                          {p.indices, "indices"},
+                          {p.topk_length, "topk_length"},
+                          {p.attn_sink, "attn_sink"},
+                          {p.extra_k_cache, "extra_k_cache"},
+                          {p.extra_indices, "extra_indices"},
+                          {p.extra_topk_length, "extra_topk_length"},
+                          {p.out, "out"},
                           {p.lse, "lse"}});
 }
 

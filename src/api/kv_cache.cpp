@@ -46,8 +46,9 @@ void check_fp8_cache(const TensorView& c, const char* arg, KVCacheFormat format,
   if (c.strides[1] != info.bytes_per_token && c.shape[1] > 1)
     check::fail(arg, "token stride (dim 1) " + std::to_string(info.bytes_per_token) + " bytes", c);
   if (c.shape[0] > 1 && c.strides[0] < c.shape[1] * info.bytes_per_token)
-    check::fail(arg, "page stride (dim 0) >= page_size * " + std::to_string(info.bytes_per_token) +
-                         " bytes", c);
+    check::fail(
+        arg,
+        "page stride (dim 0) >= page_size * " + std::to_string(info.bytes_per_token) + " bytes", c);
   check::same_device(c, arg, dev);
 }
 

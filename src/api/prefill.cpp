@@ -53,11 +53,19 @@ static void validate(const SparsePrefillParams& p) {
     check::same_device(t, name, dev);
   }
   check::outputs({{p.out, "out"}, {p.max_logits, "max_logits"}, {p.lse, "lse"}},
-                 {{p.q, "q"}, {p.kv, "kv"}, {p.indices, "indices"}, {p.attn_sink, "attn_sink"},
+                 {{p.q, "q"},
+                  {p.kv, "kv"},
+                  {p.indices, "indices"},
+                  {p.attn_sink, "attn_sink"},
                   {p.topk_length, "topk_length"}});
-  check::device_pointers({{p.q, "q"}, {p.kv, "kv"}, {p.indices, "indices"},
-                          {p.attn_sink, "attn_sink"}, {p.topk_length, "topk_length"},
-                          {p.out, "out"}, {p.max_logits, "max_logits"}, {p.lse, "lse"}});
+  check::device_pointers({{p.q, "q"},
+                          {p.kv, "kv"},
+                          {p.indices, "indices"},
+                          {p.attn_sink, "attn_sink"},
+                          {p.topk_length, "topk_length"},
+                          {p.out, "out"},
+                          {p.max_logits, "max_logits"},
+                          {p.lse, "lse"}});
 }
 
 void sparse_prefill(const SparsePrefillParams& params) {
@@ -96,7 +104,8 @@ static DenseShapes validate_dense(const TensorView& q, const TensorView& k, cons
   s.total_k = k.shape[0];
   s.h_kv = k.shape[1];
   check::positive(s.h_kv, "k", "h_kv (dim 1)");
-  if (s.h_q % s.h_kv != 0) check::fail("k", "h_kv (dim 1) dividing h_q = " + std::to_string(s.h_q), k);
+  if (s.h_q % s.h_kv != 0)
+    check::fail("k", "h_kv (dim 1) dividing h_q = " + std::to_string(s.h_q), k);
   check::same_device(k, "k", dev);
 
   check::tensor(v, "v", 3, "[total_k, h_kv, d_v]");
@@ -144,15 +153,23 @@ void dense_prefill_forward(const DensePrefillParams& params) {
   const Device dev = p.q.device;
   check_out3(p.out, "out", s.total_q, s.h_q, s.d_v, "[total_q, h_q, d_v]", dev);
   check_lse(p.lse, s, dev);
-  check::outputs({{p.out, "out"}, {p.lse, "lse"}},
-                 {{p.q, "q"}, {p.k, "k"}, {p.v, "v"}, {p.cu_seqlens_q, "cu_seqlens_q"},
-                  {p.cu_seqlens_k, "cu_seqlens_k"}});
-  check::device_pointers({{p.q, "q"}, {p.k, "k"}, {p.v, "v"}, {p.cu_seqlens_q, "cu_seqlens_q"},
-                          {p.cu_seqlens_k, "cu_seqlens_k"}, {p.out, "out"}, {p.lse, "lse"}});
+  check::outputs({{p.out, "out"}, {p.lse, "lse"}}, {{p.q, "q"},
+                                                    {p.k, "k"},
+                                                    {p.v, "v"},
+                                                    {p.cu_seqlens_q, "cu_seqlens_q"},
+                                                    {p.cu_seqlens_k, "cu_seqlens_k"}});
+  check::device_pointers({{p.q, "q"},
+                          {p.k, "k"},
+                          {p.v, "v"},
+                          {p.cu_seqlens_q, "cu_seqlens_q"},
+                          {p.cu_seqlens_k, "cu_seqlens_k"},
+                          {p.out, "out"},
+                          {p.lse, "lse"}});
   DensePrefillParams r = p;
   r.softmax_scale = check::resolve_scale(p.softmax_scale, s.d_qk);
   if (s.total_q == 0) return;
-  detail::dispatch(dev, "q", r, &cpu::dense_prefill_forward, OPENMLA_CUDA_OP(dense_prefill_forward));
+  detail::dispatch(dev, "q", r, &cpu::dense_prefill_forward,
+                   OPENMLA_CUDA_OP(dense_prefill_forward));
 }
 
 void dense_prefill_backward(const DensePrefillBackwardParams& params) {
@@ -166,13 +183,24 @@ void dense_prefill_backward(const DensePrefillBackwardParams& params) {
   check_out3(p.dq, "dq", s.total_q, s.h_q, s.d_qk, "[total_q, h_q, d_qk]", dev);
   check_out3(p.dk, "dk", s.total_k, s.h_kv, s.d_qk, "[total_k, h_kv, d_qk]", dev);
   check_out3(p.dv, "dv", s.total_k, s.h_kv, s.d_v, "[total_k, h_kv, d_v]", dev);
-  check::outputs({{p.dq, "dq"}, {p.dk, "dk"}, {p.dv, "dv"}},
-                 {{p.dout, "dout"}, {p.q, "q"}, {p.k, "k"}, {p.v, "v"}, {p.out, "out"},
-                  {p.lse, "lse"}, {p.cu_seqlens_q, "cu_seqlens_q"},
-                  {p.cu_seqlens_k, "cu_seqlens_k"}});
-  check::device_pointers({{p.q, "q"}, {p.k, "k"}, {p.v, "v"}, {p.dout, "dout"}, {p.out, "out"},
-                          {p.lse, "lse"}, {p.cu_seqlens_q, "cu_seqlens_q"},
-                          {p.cu_seqlens_k, "cu_seqlens_k"}, {p.dq, "dq"}, {p.dk, "dk"},
+  check::outputs({{p.dq, "dq"}, {p.dk, "dk"}, {p.dv, "dv"}}, {{p.dout, "dout"},
+                                                              {p.q, "q"},
+                                                              {p.k, "k"},
+                                                              {p.v, "v"},
+                                                              {p.out, "out"},
+                                                              {p.lse, "lse"},
+                                                              {p.cu_seqlens_q, "cu_seqlens_q"},
+                                                              {p.cu_seqlens_k, "cu_seqlens_k"}});
+  check::device_pointers({{p.q, "q"},
+                          {p.k, "k"},
+                          {p.v, "v"},
+                          {p.dout, "dout"},
+                          {p.out, "out"},
+                          {p.lse, "lse"},
+                          {p.cu_seqlens_q, "cu_seqlens_q"},
+                          {p.cu_seqlens_k, "cu_seqlens_k"},
+                          {p.dq, "dq"},
+                          {p.dk, "dk"},
                           {p.dv, "dv"}});
   DensePrefillBackwardParams r = p;
   r.softmax_scale = check::resolve_scale(p.softmax_scale, s.d_qk);

@@ -1,8 +1,9 @@
 // TensorView helpers and dtype/device names.
+#include "openmla/tensor.h"
+
 #include <sstream>
 
 #include "openmla/error.h"
-#include "openmla/tensor.h"
 
 namespace openmla {
 
@@ -23,12 +24,18 @@ size_t dtype_size(DType dtype) {
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kBFloat16: return "bfloat16";
-    case DType::kFloat16: return "float16";
-    case DType::kFloat32: return "float32";
-    case DType::kInt32: return "int32";
-    case DType::kUInt8: return "uint8";
-    case DType::kFloat8E4M3: return "float8_e4m3fn";
+    case DType::kBFloat16:
+      return "bfloat16";
+    case DType::kFloat16:
+      return "float16";
+    case DType::kFloat32:
+      return "float32";
+    case DType::kInt32:
+      return "int32";
+    case DType::kUInt8:
+      return "uint8";
+    case DType::kFloat8E4M3:
+      return "float8_e4m3fn";
   }
   return "?";
 }

@@ -1,6 +1,7 @@
 // Build facts (version.h).
-#include "backend.h"
 #include "openmla/version.h"
+
+#include "backend.h"
 
 namespace openmla {
 

@@ -1,5 +1,6 @@
 // Byte layout of one token in the FP8 KV-cache formats of SPEC §2 (host and device).
-// Both CPU and CUDA quantize/dequantize go through these functions, so the layout lives in one place.
+// Both CPU and CUDA quantize/dequantize go through these functions, so the layout lives in one
+// place.
 #pragma once
 
 #include <cstdint>
@@ -16,9 +17,9 @@ inline constexpr int kV32ScaleOff = 512, kV32RopeOff = 528, kRope = 64;
 inline constexpr int kM1Bytes = 584, kM1Nope = 448, kM1Tile = 64, kM1Tiles = 7, kM1Record = 576;
 
 struct TokenPtrs {
-  uint8_t* nope;       // e4m3 values
-  uint8_t* scales;     // V32: 4 x fp32 (unaligned-safe access); MODEL1: 7 UE8M0 bytes + pad
-  uint8_t* rope;       // 64 x bf16
+  uint8_t* nope;    // e4m3 values
+  uint8_t* scales;  // V32: 4 x fp32 (unaligned-safe access); MODEL1: 7 UE8M0 bytes + pad
+  uint8_t* rope;    // 64 x bf16
 };
 
 OPENMLA_HD TokenPtrs token_ptrs(uint8_t* page_base, int64_t offset, int64_t page_size,

@@ -32,7 +32,7 @@ OPENMLA_HD float bf16_to_f32(uint16_t h) { return bits_f32(static_cast<uint32_t>
 OPENMLA_HD uint16_t f32_to_bf16(float f) {
   uint32_t u = f32_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // canonical NaN (see file note)
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  u += 0x7fffu + ((u >> 16) & 1u);                     // round to nearest even
   return static_cast<uint16_t>(u >> 16);
 }
 
@@ -53,9 +53,9 @@ OPENMLA_HD uint16_t f32_to_f16(float f) {
   uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return 0x7e00u;          // canonical NaN
   if (a >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: inf
-  if (a < 0x38800000u) {                         // below 2^-14: subnormal, step 2^-24
-    float v = bits_f32(a) * 16777216.0f;         // exact scaling by 2^24
-    float r = nearbyintf(v);                     // host default rounding mode: nearest even
+  if (a < 0x38800000u) {                        // below 2^-14: subnormal, step 2^-24
+    float v = bits_f32(a) * 16777216.0f;        // exact scaling by 2^24
+    float r = nearbyintf(v);                    // host default rounding mode: nearest even
     return sign | static_cast<uint16_t>(r);
   }
   uint32_t rounded = a + 0xfffu + ((a >> 13) & 1u);
@@ -81,7 +81,7 @@ OPENMLA_HD uint8_t f32_to_e4m3(float f) {
   uint32_t u = f32_bits(f);
   uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
   uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return 0x7f;  // canonical NaN
+  if (a > 0x7f800000u) return 0x7f;          // canonical NaN
   if (a >= 0x43e00000u) return sign | 0x7e;  // >= 448 (and inf): saturate
   if (a < 0x3c800000u) {                     // below 2^-6: subnormal, step 2^-9
     float r = nearbyintf(bits_f32(a) * 512.0f);
@@ -102,7 +102,7 @@ OPENMLA_HD uint8_t f32_to_ue8m0(float pow2) {
 // Tile scale rule of SPEC §2: s = max(amax / 448, 1e-4); scale = 2^ceil(log2(s)).
 OPENMLA_HD float fp8_tile_scale(float amax) {
   float s = amax / 448.0f;
-  if (!(s >= 1e-4f)) s = 1e-4f;  // also catches NaN amax
+  if (!(s >= 1e-4f)) s = 1e-4f;              // also catches NaN amax
   if (s > 1.7014118e38f) s = 1.7014118e38f;  // inf amax: largest power of two, 2^127
   // Exact 2^ceil(log2(s)) from the bits (log2f can round s = 2^k(1 + ulp) down to k).
   uint32_t u = f32_bits(s);

@@ -9,8 +9,7 @@ namespace openmla::cpu {
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
   if (n <= 0) return;
-  const int64_t threads =
-      std::min<int64_t>(n, std::max(1u, std::thread::hardware_concurrency()));
+  const int64_t threads = std::min<int64_t>(n, std::max(1u, std::thread::hardware_concurrency()));
   if (threads == 1) {
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
@@ -61,8 +60,8 @@ void load_row(const TensorView& t, int64_t off, int64_t n, double* dst) {
 }
 
 namespace {
-// double -> float rounded to odd: inexact results get an odd last bit. Rounding that float once more
-// to bf16/fp16 (nearest even) then equals rounding the double directly, because float keeps at
+// double -> float rounded to odd: inexact results get an odd last bit. Rounding that float once
+// more to bf16/fp16 (nearest even) then equals rounding the double directly, because float keeps at
 // least two more significand bits than either (no double rounding).
 float to_f32_odd(double d) {
   float f = static_cast<float>(d);
@@ -70,7 +69,9 @@ float to_f32_odd(double d) {
     uint32_t u = num::f32_bits(f);
     if ((u & 1u) == 0) {
       const bool toward_larger_mag = std::fabs(d) > std::fabs(static_cast<double>(f));
-      u += toward_larger_mag ? 1 : -1;  // one ulp toward d (sign-magnitude bits; from 0 it can only grow)
+      u += toward_larger_mag
+               ? 1
+               : -1;  // one ulp toward d (sign-magnitude bits; from 0 it can only grow)
       f = num::bits_f32(u);
     }
   }

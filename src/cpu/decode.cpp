@@ -91,7 +91,8 @@ void sparse_decode(const SparseDecodeParams& p) {
       load_row(p.q, offset(p.q, {i, r, h, 0}), d_qk, q.data());
       const AttendResult res =
           attend(q.data(), keys.data(), nullptr, n, d_qk, d_v, p.softmax_scale, o.data());
-      if (p.attn_sink.present()) apply_sink(load(p.attn_sink, h * p.attn_sink.strides[0]), res.lse, o.data(), d_v);
+      if (p.attn_sink.present())
+        apply_sink(load(p.attn_sink, h * p.attn_sink.strides[0]), res.lse, o.data(), d_v);
       store_row(p.out, offset(p.out, {i, r, h, 0}), d_v, o.data());
       store(p.lse, offset(p.lse, {i, h, r}), res.lse);
     }

@@ -19,7 +19,7 @@ struct PlanBuffers {
   float* o_accum;         // [accum_slots][h_kv][rows][512]: normalized partial outputs
   float* lse_accum;       // [accum_slots][h_kv][rows]: partial lse (natural log; -inf = empty)
   int num_parts;
-  int accum_slots;        // 2 * (num_parts - 1): bound on the pieces of split requests
+  int accum_slots;  // 2 * (num_parts - 1): bound on the pieces of split requests
 };
 
 struct DenseDecodeKernelParams {
@@ -36,7 +36,7 @@ struct DenseDecodeKernelParams {
   int64_t seqlens_stride;
   int num_pages, page_size, box_tokens;
   int batch, s_q, h_q, h_kv, group, rows;  // rows = s_q * group (query rows per KV head)
-  int m_blocks;                             // ceil(rows / 64)
+  int m_blocks;                            // ceil(rows / 64)
   float scale, scale_log2;
   int causal;
   int fp16;  // q/k_cache/out are fp16 (else bf16)

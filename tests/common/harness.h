@@ -87,24 +87,62 @@ struct HostTensor {
   double get_flat(int64_t o) const {
     const uint8_t* p = storage.data();
     switch (view.dtype) {
-      case DType::kBFloat16: { uint16_t h; memcpy(&h, p + 2 * o, 2); return num::bf16_to_f32(h); }
-      case DType::kFloat16: { uint16_t h; memcpy(&h, p + 2 * o, 2); return num::f16_to_f32(h); }
-      case DType::kFloat32: { float f; memcpy(&f, p + 4 * o, 4); return f; }
-      case DType::kInt32: { int32_t i; memcpy(&i, p + 4 * o, 4); return i; }
-      case DType::kUInt8: return p[o];
-      case DType::kFloat8E4M3: return num::e4m3_to_f32(p[o]);
+      case DType::kBFloat16: {
+        uint16_t h;
+        memcpy(&h, p + 2 * o, 2);
+        return num::bf16_to_f32(h);
+      }
+      case DType::kFloat16: {
+        uint16_t h;
+        memcpy(&h, p + 2 * o, 2);
+        return num::f16_to_f32(h);
+      }
+      case DType::kFloat32: {
+        float f;
+        memcpy(&f, p + 4 * o, 4);
+        return f;
+      }
+      case DType::kInt32: {
+        int32_t i;
+        memcpy(&i, p + 4 * o, 4);
+        return i;
+      }
+      case DType::kUInt8:
+        return p[o];
+      case DType::kFloat8E4M3:
+        return num::e4m3_to_f32(p[o]);
     }
     return 0;
   }
   void set_flat(int64_t o, double v) {
     uint8_t* p = storage.data();
     switch (view.dtype) {
-      case DType::kBFloat16: { uint16_t h = num::f32_to_bf16(float(v)); memcpy(p + 2 * o, &h, 2); break; }
-      case DType::kFloat16: { uint16_t h = num::f32_to_f16(float(v)); memcpy(p + 2 * o, &h, 2); break; }
-      case DType::kFloat32: { float f = float(v); memcpy(p + 4 * o, &f, 4); break; }
-      case DType::kInt32: { int32_t i = int32_t(v); memcpy(p + 4 * o, &i, 4); break; }
-      case DType::kUInt8: p[o] = uint8_t(v); break;
-      case DType::kFloat8E4M3: p[o] = num::f32_to_e4m3(float(v)); break;
+      case DType::kBFloat16: {
+        uint16_t h = num::f32_to_bf16(float(v));
+        memcpy(p + 2 * o, &h, 2);
+        break;
+      }
+      case DType::kFloat16: {
+        uint16_t h = num::f32_to_f16(float(v));
+        memcpy(p + 2 * o, &h, 2);
+        break;
+      }
+      case DType::kFloat32: {
+        float f = float(v);
+        memcpy(p + 4 * o, &f, 4);
+        break;
+      }
+      case DType::kInt32: {
+        int32_t i = int32_t(v);
+        memcpy(p + 4 * o, &i, 4);
+        break;
+      }
+      case DType::kUInt8:
+        p[o] = uint8_t(v);
+        break;
+      case DType::kFloat8E4M3:
+        p[o] = num::f32_to_e4m3(float(v));
+        break;
     }
   }
 
@@ -128,10 +166,17 @@ struct HostTensor {
   void fill_nan() {
     const size_t es = dtype_size(view.dtype);
     for (size_t i = 0; i + es <= storage.size(); i += es) {
-      if (view.dtype == DType::kBFloat16) { uint16_t h = 0x7fc0; memcpy(&storage[i], &h, 2); }
-      else if (view.dtype == DType::kFloat16) { uint16_t h = 0x7e00; memcpy(&storage[i], &h, 2); }
-      else if (view.dtype == DType::kFloat32) { uint32_t u = 0x7fc00000u; memcpy(&storage[i], &u, 4); }
-      else memset(&storage[i], 0xff, es);
+      if (view.dtype == DType::kBFloat16) {
+        uint16_t h = 0x7fc0;
+        memcpy(&storage[i], &h, 2);
+      } else if (view.dtype == DType::kFloat16) {
+        uint16_t h = 0x7e00;
+        memcpy(&storage[i], &h, 2);
+      } else if (view.dtype == DType::kFloat32) {
+        uint32_t u = 0x7fc00000u;
+        memcpy(&storage[i], &u, 4);
+      } else
+        memset(&storage[i], 0xff, es);
     }
   }
   // Poison: a value no correct output equals (NaN for floats), so an unwritten element fails.
@@ -174,7 +219,8 @@ inline ::testing::AssertionResult close(const char* name, const HostTensor& a, c
     const bool special = std::isnan(x) || std::isnan(y) || std::isinf(x) || std::isinf(y);
     bool ok;
     if (special) {
-      ok = (std::isnan(x) && std::isnan(y)) || (std::isinf(x) && std::isinf(y) && (x > 0) == (y > 0));
+      ok = (std::isnan(x) && std::isnan(y)) ||
+           (std::isinf(x) && std::isinf(y) && (x > 0) == (y > 0));
     } else {
       const double e = std::fabs(x - y);
       ok = e <= tol.abs_tol || e <= tol.rel_tol * std::fabs(y);
@@ -186,14 +232,13 @@ inline ::testing::AssertionResult close(const char* name, const HostTensor& a, c
       first << " first at flat element " << i << ": got " << x << ", want " << y;
   }
   if (bad)
-    return ::testing::AssertionFailure()
-           << name << ": " << bad << " of " << av.size() << " elements out of tolerance;"
-           << first.str();
+    return ::testing::AssertionFailure() << name << ": " << bad << " of " << av.size()
+                                         << " elements out of tolerance;" << first.str();
   if (tol.cos_diff >= 0 && (na + nr) > 0) {
     const double cd = 1.0 - 2.0 * dot / (na + nr);
     if (cd > tol.cos_diff)
-      return ::testing::AssertionFailure() << name << ": cosine difference " << cd << " > "
-                                           << tol.cos_diff;
+      return ::testing::AssertionFailure()
+             << name << ": cosine difference " << cd << " > " << tol.cos_diff;
   }
   return ::testing::AssertionSuccess();
 }

@@ -61,9 +61,12 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // when the batch has room for them.
 std::vector<int32_t> draw_lengths(const DenseCase& c, std::mt19937_64& rng) {
   std::vector<int32_t> pool;
-  if (c.page_size == 1) pool = {1, 2, 7, 19, 33};
-  else if (c.page_size == 16) pool = {1, 15, 16, 17, 31, 32, 33, 50};
-  else pool = {1, 63, 64, 65, 100, 129};
+  if (c.page_size == 1)
+    pool = {1, 2, 7, 19, 33};
+  else if (c.page_size == 16)
+    pool = {1, 15, 16, 17, 31, 32, 33, 50};
+  else
+    pool = {1, 63, 64, 65, 100, 129};
   std::vector<int32_t> lens(c.b);
   for (auto& l : lens) l = pool[rng() % pool.size()];
   auto short_len = [&] { return c.s_q > 1 ? int32_t(1 + rng() % (c.s_q - 1)) : int32_t(0); };
@@ -89,7 +92,7 @@ Problem make_problem(const DenseCase& c, std::vector<int32_t> lens = {}) {
   }
   const int64_t spare = 3;  // pages nobody owns: all NaN
   p.num_pages = used + spare;
-  p.max_pages = most + 2;   // at least two garbage entries per row
+  p.max_pages = most + 2;  // at least two garbage entries per row
   std::vector<int32_t> perm(p.num_pages);
   std::iota(perm.begin(), perm.end(), 0);
   std::shuffle(perm.begin(), perm.end(), rng);
@@ -102,8 +105,8 @@ Problem make_problem(const DenseCase& c, std::vector<int32_t> lens = {}) {
   p.block_table = HostTensor(DType::kInt32, {c.b, p.max_pages}, c.pad);
   p.block_table.fill_nan();  // padding: 0xffffffff
   const int32_t np = int32_t(p.num_pages);
-  std::vector<int32_t> garbage = {INT_MAX, INT_MIN, -1, np, np + 12345, -np, spare_pages[0],
-                                  spare_pages[1]};
+  std::vector<int32_t> garbage = {INT_MAX,        INT_MIN,       -1, np, np + 12345, -np,
+                                  spare_pages[0], spare_pages[1]};
   for (int i = 0; i < c.b; ++i) {
     for (int64_t j = 0; j < p.max_pages; ++j) {
       int32_t v;
@@ -167,7 +170,6 @@ int64_t visible(const Problem& p, int i, int r) {
   return std::clamp<int64_t>(L - p.c.s_q + r + 1, 0, L);  // tokens t <= L - s_q + r
 }
 
-
 // The naive reference. The result is stored into tensors of the output dtypes (out: the dtype of
 // q, lse: fp32), i.e. rounded once to what the API can return. That is the right thing to compare
 // against: the best any backend can return is the exact value rounded to the output dtype, so
@@ -188,7 +190,8 @@ Outputs reference(const Problem& p) {
       keys.assign(L * c.d_qk, 0);
       for (int64_t t = 0; t < L; ++t) {
         const int64_t page = p.pages[i][t / ps];
-        for (int64_t d = 0; d < c.d_qk; ++d) keys[t * c.d_qk + d] = p.k_cache.get({page, t % ps, hk, d});
+        for (int64_t d = 0; d < c.d_qk; ++d)
+          keys[t * c.d_qk + d] = p.k_cache.get({page, t % ps, hk, d});
       }
       for (int r = 0; r < c.s_q; ++r)
         for (int64_t g = 0; g < group; ++g) {
@@ -221,8 +224,6 @@ Outputs reference(const Problem& p) {
   return ref;
 }
 
-
-
 // The full check of one problem.
 void check_problem(const Problem& p) {
   const DenseCase& c = p.c;
@@ -250,8 +251,8 @@ void check_problem(const Problem& p) {
             << "request " << i << " row " << r << " head " << h;
         for (int d = 0; d < kDv; ++d)
           if (got.out.get({i, r, h, d}) != 0.0) {
-            ADD_FAILURE() << "out not 0 for an empty row: request " << i << " row " << r
-                          << " head " << h << " dim " << d << ": " << got.out.get({i, r, h, d});
+            ADD_FAILURE() << "out not 0 for an empty row: request " << i << " row " << r << " head "
+                          << h << " dim " << d << ": " << got.out.get({i, r, h, d});
             break;
           }
       }
@@ -278,9 +279,9 @@ std::vector<DenseCase> sweep() {
   struct Shape {
     int b, s_q, h_q, h_kv;
   };
-  const Shape shapes[] = {{1, 1, 1, 1},  {3, 1, 16, 8}, {2, 2, 3, 1},  {3, 4, 16, 2},
-                          {2, 17, 3, 1}, {2, 2, 64, 1}, {4, 1, 64, 8}, {2, 17, 16, 1},
-                          {3, 4, 64, 2}};
+  const Shape shapes[] = {{1, 1, 1, 1},  {3, 1, 16, 8},  {2, 2, 3, 1},
+                          {3, 4, 16, 2}, {2, 17, 3, 1},  {2, 2, 64, 1},
+                          {4, 1, 64, 8}, {2, 17, 16, 1}, {3, 4, 64, 2}};
   const int n_shapes = sizeof(shapes) / sizeof(shapes[0]);
   std::vector<DenseCase> cases;
   int k = 0;
@@ -292,8 +293,8 @@ std::vector<DenseCase> sweep() {
             const Shape s = shapes[(k * 5 + rep) % n_shapes];
             const int pad = (k % 3 == 1) ? 0 : 8 + k % 5;
             const float scale = k % 4 == 3 ? 0.25f : 0.0f;
-            cases.push_back({s.b, s.s_q, s.h_q, s.h_kv, d, ps, causal, dt, scale, pad,
-                             uint64_t(1000 + k)});
+            cases.push_back(
+                {s.b, s.s_q, s.h_q, s.h_kv, d, ps, causal, dt, scale, pad, uint64_t(1000 + k)});
           }
   return cases;
 }

@@ -74,17 +74,20 @@ std::vector<int64_t> logical_offsets(const HostTensor& t) {
   for (size_t i = 0; i < g.size(); ++i) {
     const LD w = want[i];
     bool ok;
-    if (std::isnan(w) || std::isnan(g[i])) ok = false;
-    else if (std::isinf(w) || std::isinf(g[i])) ok = g[i] == w;
-    else ok = std::fabs(g[i] - w) <= LD(u) * std::fabs(w) + LD(floor);
+    if (std::isnan(w) || std::isnan(g[i]))
+      ok = false;
+    else if (std::isinf(w) || std::isinf(g[i]))
+      ok = g[i] == w;
+    else
+      ok = std::fabs(g[i] - w) <= LD(u) * std::fabs(w) + LD(floor);
     if (!ok && bad++ == 0)
       first << " first at logical element " << i << ": got " << double(g[i]) << ", want "
             << double(w);
   }
   if (bad)
-    return ::testing::AssertionFailure() << name << ": " << bad << " of " << g.size()
-                                         << " elements not the once-rounded exact value;"
-                                         << first.str();
+    return ::testing::AssertionFailure()
+           << name << ": " << bad << " of " << g.size()
+           << " elements not the once-rounded exact value;" << first.str();
   return ::testing::AssertionSuccess();
 }
 
@@ -110,8 +113,8 @@ std::vector<int64_t> logical_offsets(const HostTensor& t) {
             << double(want[i]) << " (bound " << double(bound[i]) << ")";
   }
   if (bad)
-    return ::testing::AssertionFailure() << name << ": " << bad << " of " << g.size()
-                                         << " elements out of bound;" << first.str();
+    return ::testing::AssertionFailure()
+           << name << ": " << bad << " of " << g.size() << " elements out of bound;" << first.str();
   return ::testing::AssertionSuccess() << zeros << " structural zeros";
 }
 
@@ -166,8 +169,8 @@ struct DenseCase {
   int64_t extra_k;  // trailing rows of k/v no sequence covers (NaN-filled)
   int64_t h_q, h_kv, d_qk;
   bool causal;
-  int64_t pad;  // extra elements per row of every input and output
-  float scale;  // 0: default
+  int64_t pad;   // extra elements per row of every input and output
+  float scale;   // 0: default
   double sigma;  // of q and k (randn * sigma clamped to [-1, 1]); v and dout: randn / 10
   uint64_t seed;
 };
@@ -285,8 +288,8 @@ LD loss(const DenseProblem& p, const Exact& x) {  // L = sum(dout * out)
 }
 
 struct BwdRef {
-  std::vector<LD> dq, dk, dv;     // exact gradients, contiguous logical order
-  std::vector<LD> bq, bk, bv;     // first-order error bounds of the library (see top)
+  std::vector<LD> dq, dk, dv;  // exact gradients, contiguous logical order
+  std::vector<LD> bq, bk, bv;  // first-order error bounds of the library (see top)
 };
 
 struct Fwd;
@@ -333,7 +336,7 @@ BwdRef ref_backward(const DenseProblem& p, const Exact& x, const Fwd* given = nu
         LD D = 0, dout_out = 0;
         if (given) {  // from the given out
           for (int64_t c = 0; c < kDv; ++c) D += dov[c] * ov[c];
-        } else {      // from the Jacobian, not from out
+        } else {  // from the Jacobian, not from out
           for (size_t a = 0; a < n; ++a) D += P[a] * dP[a];
         }
         for (int64_t c = 0; c < kDv; ++c) dout_out += std::fabs(dov[c] * ov[c]);
@@ -440,8 +443,10 @@ using VarParam = std::tuple<int64_t /*d_qk*/, std::pair<int64_t, int64_t> /*h_q,
 
 DenseCase var_case(const VarParam& prm) {
   const auto [d, heads, causal, pad] = prm;
-  return {"var", kVarLq, kVarLk, 0, heads.first, heads.second, d, causal, pad, 0.0f, 0.1,
-          uint64_t(1000 + d + 10 * heads.second + 3 * causal + pad)};
+  return {"var", kVarLq,      kVarLk,
+          0,     heads.first, heads.second,
+          d,     causal,      pad,
+          0.0f,  0.1,         uint64_t(1000 + d + 10 * heads.second + 3 * causal + pad)};
 }
 
 std::string var_name(const ::testing::TestParamInfo<VarParam>& info) {
@@ -483,14 +488,13 @@ TEST_P(DensePrefillVarlen, BackwardMatchesNaiveAnalytic) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Configs, DensePrefillVarlen,
-    ::testing::Combine(::testing::Values<int64_t>(192, 128),
-                       ::testing::Values(std::pair<int64_t, int64_t>{4, 1},
-                                         std::pair<int64_t, int64_t>{4, 2},
-                                         std::pair<int64_t, int64_t>{4, 4}),
-                       ::testing::Bool(), ::testing::Values<int64_t>(0, 3)),
-    var_name);
+INSTANTIATE_TEST_SUITE_P(Configs, DensePrefillVarlen,
+                         ::testing::Combine(::testing::Values<int64_t>(192, 128),
+                                            ::testing::Values(std::pair<int64_t, int64_t>{4, 1},
+                                                              std::pair<int64_t, int64_t>{4, 2},
+                                                              std::pair<int64_t, int64_t>{4, 4}),
+                                            ::testing::Bool(), ::testing::Values<int64_t>(0, 3)),
+                         var_name);
 
 TEST(DensePrefillForward, SharpSoftmaxCustomScale) {
   for (bool causal : {false, true}) {
@@ -500,7 +504,8 @@ TEST(DensePrefillForward, SharpSoftmaxCustomScale) {
     const FwdRef ref = ref_forward(p, exact_inputs(p));
     // The softmax is far from uniform here (else scale errors could hide).
     LD spread = 0;
-    for (LD l : ref.lse) if (std::isfinite(l)) spread = std::max(spread, l);
+    for (LD l : ref.lse)
+      if (std::isfinite(l)) spread = std::max(spread, l);
     EXPECT_GT(double(spread), 3.0);
     expect_forward_matches(p, run_forward(p, c.pad), ref);
   }
@@ -521,7 +526,8 @@ TEST(DensePrefillForward, CausalIsBottomRightAligned) {
   s.total_k = 12;
   s.cu_q_t = HostTensor(DType::kInt32, {4});
   s.cu_k_t = HostTensor(DType::kInt32, {4});
-  for (int64_t i = 0; i < 4; ++i) s.cu_q_t.set({i}, double(s.cu_q[i])), s.cu_k_t.set({i}, double(s.cu_k[i]));
+  for (int64_t i = 0; i < 4; ++i)
+    s.cu_q_t.set({i}, double(s.cu_q[i])), s.cu_k_t.set({i}, double(s.cu_k[i]));
   s.k = HostTensor(DType::kBFloat16, {12, 1, 128});
   s.v = HostTensor(DType::kBFloat16, {12, 1, kDv});
   int64_t row = 0;
@@ -547,7 +553,7 @@ TEST(DensePrefillForward, NonContiguousViews) {
   const DenseProblem p = make_dense(c);
   const Fwd ref = run_forward(p, 0);
   DenseProblem t = p;
-  t.q = relayout(p.q, {p.d_qk, p.total_q * p.d_qk, 1});                   // [h][t][d] in memory
+  t.q = relayout(p.q, {p.d_qk, p.total_q * p.d_qk, 1});  // [h][t][d] in memory
   t.k = relayout(p.k, {p.d_qk, p.total_k * p.d_qk, 1});
   t.v = relayout(p.v, {kDv + 8, p.total_k * (kDv + 8), 1});
   HostTensor out(DType::kBFloat16, {p.total_q, p.h_q, kDv}, {p.h_q * 136 + 40, 136, 1});
@@ -655,7 +661,8 @@ TEST_P(DensePrefillBackwardFD, MatchesAnalyticAndFiniteDifferences) {
   for (int64_t i = 0; i < p.batch; ++i) {
     const int64_t lq = p.cu_q[i + 1] - p.cu_q[i], lk = p.cu_k[i + 1] - p.cu_k[i];
     for (int64_t r = 0; r < lq; ++r)
-      for (int64_t j : visible(p, r, lq, lk)) key_seen[p.cu_k[i] + j] = query_sees[p.cu_q[i] + r] = 1;
+      for (int64_t j : visible(p, r, lq, lk))
+        key_seen[p.cu_k[i] + j] = query_sees[p.cu_q[i] + r] = 1;
   }
   int64_t zero_rows = 0;
   for (int64_t t = 0; t < p.total_k; ++t) {

@@ -37,18 +37,24 @@ ld e4m3_value(uint8_t b) {
 ld bf16_value(uint16_t h) {
   const int s = h >> 15, e = (h >> 7) & 0xff, m = h & 0x7f;
   ld v;
-  if (e == 0xff) v = m ? std::numeric_limits<ld>::quiet_NaN() : kInfL;
-  else if (e == 0) v = std::ldexp(ld(m) / 128, -126);
-  else v = std::ldexp(1 + ld(m) / 128, e - 127);
+  if (e == 0xff)
+    v = m ? std::numeric_limits<ld>::quiet_NaN() : kInfL;
+  else if (e == 0)
+    v = std::ldexp(ld(m) / 128, -126);
+  else
+    v = std::ldexp(1 + ld(m) / 128, e - 127);
   return s ? -v : v;
 }
 // IEEE binary16: 1 sign, 5 exponent (bias 15), 10 mantissa.
 ld f16_value(uint16_t h) {
   const int s = h >> 15, e = (h >> 10) & 0x1f, m = h & 0x3ff;
   ld v;
-  if (e == 0x1f) v = m ? std::numeric_limits<ld>::quiet_NaN() : kInfL;
-  else if (e == 0) v = std::ldexp(ld(m) / 1024, -14);
-  else v = std::ldexp(1 + ld(m) / 1024, e - 15);
+  if (e == 0x1f)
+    v = m ? std::numeric_limits<ld>::quiet_NaN() : kInfL;
+  else if (e == 0)
+    v = std::ldexp(ld(m) / 1024, -14);
+  else
+    v = std::ldexp(1 + ld(m) / 1024, e - 15);
   return s ? -v : v;
 }
 
@@ -160,7 +166,8 @@ std::vector<ld> naive_decode(const Fmt& f, const HostTensor& c, int64_t page, in
   std::vector<ld> v(f.d_qk);
   for (int k = 0; k < f.tiles; ++k) {
     const ld s = tile_scale_of(f, c, t, k);
-    for (int j = 0; j < f.tile; ++j) v[k * f.tile + j] = e4m3_value(c.storage[t.nope + k * f.tile + j]) * s;
+    for (int j = 0; j < f.tile; ++j)
+      v[k * f.tile + j] = e4m3_value(c.storage[t.nope + k * f.tile + j]) * s;
   }
   for (int j = 0; j < 64; ++j) {
     uint16_t h;
@@ -182,9 +189,11 @@ std::vector<uint8_t> naive_quantize(const Fmt& f, const std::vector<uint16_t>& x
   std::vector<uint8_t> nope(f.nope), scales(f.model1 ? 8 : 16, 0), rope(128);
   for (int k = 0; k < f.tiles; ++k) {
     ld amax = 0;
-    for (int j = 0; j < f.tile; ++j) amax = std::max(amax, std::fabs(bf16_value(x[k * f.tile + j])));
+    for (int j = 0; j < f.tile; ++j)
+      amax = std::max(amax, std::fabs(bf16_value(x[k * f.tile + j])));
     const ld s = naive_tile_scale(amax);
-    for (int j = 0; j < f.tile; ++j) nope[k * f.tile + j] = naive_e4m3(bf16_value(x[k * f.tile + j]) / s);
+    for (int j = 0; j < f.tile; ++j)
+      nope[k * f.tile + j] = naive_e4m3(bf16_value(x[k * f.tile + j]) / s);
     const int e = std::ilogb(s);  // s = 2^e exactly
     if (f.model1) {
       scales[k] = uint8_t(e + 127);
@@ -201,7 +210,8 @@ std::vector<uint8_t> naive_quantize(const Fmt& f, const std::vector<uint16_t>& x
 }
 
 // Random bf16 pages whose tiles span many magnitudes (and some all-zero tiles).
-HostTensor random_pages(const Fmt& f, int64_t pages, int64_t ps, std::mt19937_64& rng, int64_t pad = 0) {
+HostTensor random_pages(const Fmt& f, int64_t pages, int64_t ps, std::mt19937_64& rng,
+                        int64_t pad = 0) {
   HostTensor in(DType::kBFloat16, {pages, ps, 1, f.d_qk}, pad);
   in.fill_nan();
   fill_randn(in, rng);
@@ -261,27 +271,44 @@ TEST(Fp8Scalar, E4M3HandPicked) {
     uint8_t want;
   };
   const Case cases[] = {
-      {0.0f, 0x00},          {-0.0f, 0x80},         {1.0f, 0x38},           {-1.0f, 0xb8},
-      {0.5f, 0x30},          {2.0f, 0x40},          {448.0f, 0x7e},         {-448.0f, 0xfe},
-      {240.0f, 0x77},        {256.0f, 0x78},        {192.0f, 0x74},         {-16.0f, 0xd8},
+      {0.0f, 0x00},
+      {-0.0f, 0x80},
+      {1.0f, 0x38},
+      {-1.0f, 0xb8},
+      {0.5f, 0x30},
+      {2.0f, 0x40},
+      {448.0f, 0x7e},
+      {-448.0f, 0xfe},
+      {240.0f, 0x77},
+      {256.0f, 0x78},
+      {192.0f, 0x74},
+      {-16.0f, 0xd8},
       {1.0625f, 0x38},  // tie between 1 (m=0) and 1.125 (m=1): even
       {1.1875f, 0x3a},  // tie between 1.125 (m=1) and 1.25 (m=2): even
-      {1.0625001f, 0x39},    {1.0624999f, 0x38},
+      {1.0625001f, 0x39},
+      {1.0624999f, 0x38},
       {1.9375f, 0x40},  // tie between 1.875 and 2: even = next binade
       {400.0f, 0x7c},   // tie between 384 (m=4) and 416 (m=5)
       {432.0f, 0x7e},   // tie between 416 (m=5) and 448 (m=6)
       {255.0f, 0x78},
       // Subnormals: step 2^-9.
-      {0x1p-9f, 0x01},       {0x1p-10f, 0x00},  // tie between 0 and 2^-9: even (0)
+      {0x1p-9f, 0x01},
+      {0x1p-10f, 0x00},   // tie between 0 and 2^-9: even (0)
       {0x1.8p-9f, 0x02},  // 1.5 steps: tie between 1 and 2 -> 2
       {0x1.4p-8f, 0x02},  // 2.5 steps: tie -> 2
       {0x1.cp-8f, 0x04},  // 3.5 steps: tie -> 4
       {0x1.ep-7f, 0x08},  // 7.5 steps: tie between 7 (0x07) and 2^-6 (0x08) -> 0x08
-      {0x1.cp-7f, 0x07},     {0x1p-6f, 0x08},       {0x1p-11f, 0x00},       {-0x1p-11f, 0x80},
+      {0x1.cp-7f, 0x07},
+      {0x1p-6f, 0x08},
+      {0x1p-11f, 0x00},
+      {-0x1p-11f, 0x80},
       {0x1.000002p-10f, 0x01},  // just above the 0/1 tie
       {0.001f, 0x01},
       // Saturation (e4m3fn has no inf): finite values beyond 448 and inf give +-448.
-      {449.0f, 0x7e},        {464.0f, 0x7e},        {1000.0f, 0x7e},        {-1e30f, 0xfe},
+      {449.0f, 0x7e},
+      {464.0f, 0x7e},
+      {1000.0f, 0x7e},
+      {-1e30f, 0xfe},
       {std::numeric_limits<float>::infinity(), 0x7e},
       {-std::numeric_limits<float>::infinity(), 0xfe},
   };
@@ -330,19 +357,18 @@ TEST(Fp8Scalar, Bf16HandPicked) {
     uint16_t want;
   };
   const Case cases[] = {
-      {0x3f800000u, 0x3f80},  // 1
-      {0xc0200000u, 0xc020},  // -2.5
-      {0x80000000u, 0x8000},  // -0
-      {0x3f808000u, 0x3f80},  // 1 + 2^-8: tie, even stays
-      {0x3f818000u, 0x3f82},  // 1 + 3*2^-8: tie, odd rounds up
-      {0x3f808001u, 0x3f81},  // just above the tie
-      {0x3f807fffu, 0x3f80},  // just below the tie
-      {0x7f800000u, 0x7f80},  // inf
-      {0xff800000u, 0xff80},  // -inf
-      {0x7f7fffffu, 0x7f80},  // FLT_MAX rounds to inf
-      {0x7f7f8000u, 0x7f80},  // tie at the top, odd: to inf
-      {0x7f7effffu, 0x7f7f},
-      {0x00080000u, 0x0008},  // float subnormal 2^-130: exact in bf16
+      {0x3f800000u, 0x3f80},                         // 1
+      {0xc0200000u, 0xc020},                         // -2.5
+      {0x80000000u, 0x8000},                         // -0
+      {0x3f808000u, 0x3f80},                         // 1 + 2^-8: tie, even stays
+      {0x3f818000u, 0x3f82},                         // 1 + 3*2^-8: tie, odd rounds up
+      {0x3f808001u, 0x3f81},                         // just above the tie
+      {0x3f807fffu, 0x3f80},                         // just below the tie
+      {0x7f800000u, 0x7f80},                         // inf
+      {0xff800000u, 0xff80},                         // -inf
+      {0x7f7fffffu, 0x7f80},                         // FLT_MAX rounds to inf
+      {0x7f7f8000u, 0x7f80},                         // tie at the top, odd: to inf
+      {0x7f7effffu, 0x7f7f}, {0x00080000u, 0x0008},  // float subnormal 2^-130: exact in bf16
       {0x00008000u, 0x0000},  // tie between 0 and the smallest bf16 subnormal: even (0)
       {0x00018000u, 0x0002},  // tie between 1 and 2 subnormal steps: 2
       {0x3dcccccdu, 0x3dcd},  // 0.1
@@ -385,16 +411,22 @@ TEST(Fp8Scalar, Fp16HandPicked) {
     uint16_t want;
   };
   const Case cases[] = {
-      {1.0f, 0x3c00},         {-2.0f, 0xc000},        {-0.0f, 0x8000},       {0.5f, 0x3800},
-      {65504.0f, 0x7bff},     {65519.99f, 0x7bff},    {65520.0f, 0x7c00},  // tie at the top: inf
-      {1e6f, 0x7c00},         {-1e6f, 0xfc00},
-      {0x1p-14f, 0x0400},     // smallest normal
-      {0x1p-24f, 0x0001},     // smallest subnormal
-      {0x1p-25f, 0x0000},     // tie between 0 and 2^-24: even (0)
-      {0x1.8p-24f, 0x0002},   // tie between 1 and 2 steps: 2
-      {0x1.4p-23f, 0x0002},   // 2.5 steps: 2
+      {1.0f, 0x3c00},
+      {-2.0f, 0xc000},
+      {-0.0f, 0x8000},
+      {0.5f, 0x3800},
+      {65504.0f, 0x7bff},
+      {65519.99f, 0x7bff},
+      {65520.0f, 0x7c00},  // tie at the top: inf
+      {1e6f, 0x7c00},
+      {-1e6f, 0xfc00},
+      {0x1p-14f, 0x0400},    // smallest normal
+      {0x1p-24f, 0x0001},    // smallest subnormal
+      {0x1p-25f, 0x0000},    // tie between 0 and 2^-24: even (0)
+      {0x1.8p-24f, 0x0002},  // tie between 1 and 2 steps: 2
+      {0x1.4p-23f, 0x0002},  // 2.5 steps: 2
       {0x1.000002p-25f, 0x0001},
-      {0x1.ffcp-15f, 0x0400},  // 1023.5 subnormal steps: tie -> 1024 = smallest normal
+      {0x1.ffcp-15f, 0x0400},    // 1023.5 subnormal steps: tie -> 1024 = smallest normal
       {1.00048828125f, 0x3c00},  // 1 + 2^-11: tie, even
       {1.00146484375f, 0x3c02},  // 1 + 3*2^-11: tie, odd rounds up
       {0.1f, 0x2e66},
@@ -439,9 +471,9 @@ TEST(Fp8Scalar, Fp16MatchesNearestEvenSearch) {
 // Scale rule: s = max(amax / 448, 1e-4), scale = 2^ceil(log2 s).
 
 TEST(Fp8Scale, TileScaleRule) {
-  EXPECT_EQ(num::fp8_tile_scale(0.0f), 0x1p-13f);       // 1e-4 -> 2^-13 (1.22e-4)
+  EXPECT_EQ(num::fp8_tile_scale(0.0f), 0x1p-13f);  // 1e-4 -> 2^-13 (1.22e-4)
   EXPECT_EQ(num::fp8_tile_scale(1e-6f), 0x1p-13f);
-  EXPECT_EQ(num::fp8_tile_scale(0.0448f), 0x1p-13f);    // s ~ 1e-4
+  EXPECT_EQ(num::fp8_tile_scale(0.0448f), 0x1p-13f);            // s ~ 1e-4
   EXPECT_EQ(num::fp8_tile_scale(448.0f * 0x1p-14f), 0x1p-13f);  // s = 2^-14 < 1e-4
   for (int k = -13; k <= 20; ++k) {
     const float a = std::ldexp(448.0f, k);
@@ -507,17 +539,32 @@ TEST(Fp8Scale, StoredScaleFollowsRule) {
 // Values of the NoPE tiles used by both formats; returns them and checks none needs rounding to
 // bf16. V32 tiles are 128 wide, MODEL1 tiles 64 wide: the pattern is placed at each tile start.
 struct HandTile {
-  std::vector<std::pair<int, float>> values;  // (position in tile, value)
+  std::vector<std::pair<int, float>> values;   // (position in tile, value)
   std::vector<std::pair<int, uint8_t>> codes;  // (position in tile, e4m3 byte)
   int scale_exp;                               // log2 of the tile scale
 };
 std::vector<HandTile> hand_tiles() {
   return {
       // amax 448 -> scale 1; ties to even; -0; subnormals.
-      {{{0, 448.0f}, {1, 1.0f}, {2, -2.0f}, {3, 0.5f}, {4, 1.0625f}, {5, 1.1875f}, {6, -0.0f},
-        {7, 0x1p-9f}, {8, 0x1.8p-9f}},
-       {{0, 0x7e}, {1, 0x38}, {2, 0xc0}, {3, 0x30}, {4, 0x38}, {5, 0x3a}, {6, 0x80}, {7, 0x01},
-        {8, 0x02}, {9, 0x00}},
+      {{{0, 448.0f},
+        {1, 1.0f},
+        {2, -2.0f},
+        {3, 0.5f},
+        {4, 1.0625f},
+        {5, 1.1875f},
+        {6, -0.0f},
+        {7, 0x1p-9f},
+        {8, 0x1.8p-9f}},
+       {{0, 0x7e},
+        {1, 0x38},
+        {2, 0xc0},
+        {3, 0x30},
+        {4, 0x38},
+        {5, 0x3a},
+        {6, 0x80},
+        {7, 0x01},
+        {8, 0x02},
+        {9, 0x00}},
        0},
       // All zero: s = 1e-4 -> 2^-13.
       {{}, {{0, 0x00}, {1, 0x00}}, -13},
@@ -643,9 +690,9 @@ TEST(Fp8Layout, FormatInfo) {
   EXPECT_EQ(m.num_tiles, 7);
   EXPECT_EQ(m.bytes_per_token, 584);
   EXPECT_EQ(fp8_page_bytes(KVCacheFormat::kFP8V32, 64), 64 * 656);
-  EXPECT_EQ(fp8_page_bytes(KVCacheFormat::kFP8Model1, 64), 65 * 576);   // 37376 -> 37440
-  EXPECT_EQ(fp8_page_bytes(KVCacheFormat::kFP8Model1, 2), 3 * 576);     // 1168 -> 1728
-  EXPECT_EQ(fp8_page_bytes(KVCacheFormat::kFP8Model1, 72), 73 * 576);   // 42048 = 73 * 576
+  EXPECT_EQ(fp8_page_bytes(KVCacheFormat::kFP8Model1, 64), 65 * 576);  // 37376 -> 37440
+  EXPECT_EQ(fp8_page_bytes(KVCacheFormat::kFP8Model1, 2), 3 * 576);    // 1168 -> 1728
+  EXPECT_EQ(fp8_page_bytes(KVCacheFormat::kFP8Model1, 72), 73 * 576);  // 42048 = 73 * 576
   EXPECT_EQ(format_for_head_dim(576), KVCacheFormat::kFP8V32);
   EXPECT_EQ(format_for_head_dim(512), KVCacheFormat::kFP8Model1);
 }
@@ -755,8 +802,15 @@ void check_append(bool model1, int64_t pages, int64_t ps, int64_t extra_stride) 
   const std::vector<uint8_t> before = cache.storage;
 
   const int64_t num_slots = pages * ps;
-  std::vector<int32_t> slots = {int32_t(num_slots - 1), -1, 0, int32_t(num_slots), INT_MAX,
-                                int32_t(ps), INT_MIN, int32_t(ps / 2 + ps * (pages / 2)), -7,
+  std::vector<int32_t> slots = {int32_t(num_slots - 1),
+                                -1,
+                                0,
+                                int32_t(num_slots),
+                                INT_MAX,
+                                int32_t(ps),
+                                INT_MIN,
+                                int32_t(ps / 2 + ps * (pages / 2)),
+                                -7,
                                 int32_t(num_slots + ps)};
   if (ps > 2) slots.push_back(int32_t(ps + 1));
   const int64_t n = int64_t(slots.size());

@@ -75,7 +75,7 @@ struct Pool {
   int64_t ps = 0, pages = 0;
   HostTensor cache;
   std::vector<bool> poisoned;
-  std::vector<int32_t> good, bad;       // slot ids
+  std::vector<int32_t> good, bad;     // slot ids
   std::vector<std::vector<ld>> keys;  // per slot, d_qk values (empty when poisoned)
   int64_t slots() const { return ps * pages; }
 };
@@ -165,10 +165,18 @@ Selection make_selection(const Pool& pool, int b, int s_q, int topk, bool with_l
     for (int i = 0; i < b; ++i) {
       int32_t l;
       switch ((i + salt) % 4) {
-        case 0: l = 0; break;
-        case 1: l = topk; break;
-        case 2: l = topk + 37; break;  // more than topk: only topk count
-        default: l = 1 + int32_t(rng() % (topk - 1)); break;
+        case 0:
+          l = 0;
+          break;
+        case 1:
+          l = topk;
+          break;
+        case 2:
+          l = topk + 37;
+          break;  // more than topk: only topk count
+        default:
+          l = 1 + int32_t(rng() % (topk - 1));
+          break;
       }
       sel.lengths.set({i}, l);
       sel.len[i] = std::clamp(l, 0, topk);
@@ -214,7 +222,7 @@ struct SparseCase {
   int d_qk, page_size, num_pages;
   int b, s_q, h_q, topk;
   bool topk_len;
-  bool sink;  // attn_sink given: per head finite, -inf or +inf
+  bool sink;                              // attn_sink given: per head finite, -inf or +inf
   int extra_ps, extra_pages, extra_topk;  // extra_topk 0: no extra pool
   bool extra_len;
   int page_pad;  // bytes added to the page stride of both pools
@@ -224,8 +232,8 @@ struct SparseCase {
 
 std::string case_name(const SparseCase& c) {
   std::ostringstream os;
-  os << (c.d_qk == 576 ? "V32" : "MODEL1") << "_ps" << c.page_size << "_b" << c.b << "_sq"
-     << c.s_q << "_hq" << c.h_q << "_topk" << c.topk << (c.topk_len ? "_len" : "")
+  os << (c.d_qk == 576 ? "V32" : "MODEL1") << "_ps" << c.page_size << "_b" << c.b << "_sq" << c.s_q
+     << "_hq" << c.h_q << "_topk" << c.topk << (c.topk_len ? "_len" : "")
      << (c.sink ? "_sink" : "");
   if (c.extra_topk)
     os << "_extra_ps" << c.extra_ps << "_topk" << c.extra_topk << (c.extra_len ? "_len" : "");
@@ -299,7 +307,6 @@ SparseDecodeParams params(const Problem& p, Outputs& o) {
   return sp;
 }
 
-
 // The naive reference, correctly rounded to the output dtypes (bf16 out, fp32 lse): the best any
 // backend can return, so the SPEC §6 tolerances measure only the backend's own error (comparing
 // with the unrounded value would charge the output's unavoidable 1/2-ulp rounding to it).
@@ -347,8 +354,6 @@ Outputs reference(const Problem& p) {
     }
   return ref;
 }
-
-
 
 bool row_has_keys(const Problem& p, int i, int r) {
   std::vector<const ld*> keys;
@@ -448,8 +453,8 @@ TEST(SparseDecode, SinkSemantics) {
     Problem p = make_problem(c);
     Outputs plain = poisoned_outputs(c);
     sparse_decode(params(p, plain));
-    for (double s : {-std::numeric_limits<double>::infinity(),
-                     std::numeric_limits<double>::infinity(), 3.0}) {
+    for (double s :
+         {-std::numeric_limits<double>::infinity(), std::numeric_limits<double>::infinity(), 3.0}) {
       HostTensor sink(DType::kFloat32, {c.h_q});
       for (int h = 0; h < c.h_q; ++h) sink.set({h}, s);
       Outputs o = poisoned_outputs(c);
@@ -507,7 +512,8 @@ TEST(SparseDecode, ExtraPoolIsOneSoftmaxOverTheUnion) {
           const double m = std::max(la, lb);
           const double l = m == -inf ? inf : m + std::log(std::exp(la - m) + std::exp(lb - m));
           want_lse.set({i, h, r}, l);
-          const double wa = la == -inf ? 0 : std::exp(la - l), wb = lb == -inf ? 0 : std::exp(lb - l);
+          const double wa = la == -inf ? 0 : std::exp(la - l),
+                       wb = lb == -inf ? 0 : std::exp(lb - l);
           for (int d = 0; d < kDv; ++d)
             want_out.set({i, r, h, d}, wa * a.out.get({i, r, h, d}) + wb * b.out.get({i, r, h, d}));
         }
@@ -520,8 +526,8 @@ TEST(SparseDecode, ExtraPoolIsOneSoftmaxOverTheUnion) {
 // lse +inf, never NaN, whatever the sink.
 TEST(SparseDecode, AllInvalidRows) {
   for (int d_qk : {576, 512})
-    for (double s : {-std::numeric_limits<double>::infinity(), 2.0,
-                     std::numeric_limits<double>::infinity()}) {
+    for (double s :
+         {-std::numeric_limits<double>::infinity(), 2.0, std::numeric_limits<double>::infinity()}) {
       std::mt19937_64 rng(41);
       Pool pool = make_pool(d_qk, 2, 5, 0, rng);
       const int b = 2, s_q = 2, h_q = 16, topk = 64;
@@ -550,9 +556,8 @@ TEST(SparseDecode, AllInvalidRows) {
       sp.lse = lse.view;
       sparse_decode(sp);
       out.for_each([&](int64_t k) { ASSERT_EQ(out.get_flat(k), 0.0); });
-      lse.for_each([&](int64_t k) {
-        ASSERT_EQ(lse.get_flat(k), std::numeric_limits<double>::infinity());
-      });
+      lse.for_each(
+          [&](int64_t k) { ASSERT_EQ(lse.get_flat(k), std::numeric_limits<double>::infinity()); });
     }
 }
 

@@ -46,19 +46,21 @@ constexpr int64_t kDv = 512;
   got.for_each([&](int64_t o) {
     const LD g = got.get_flat(o), w = want.at(i);
     bool ok;
-    if (std::isnan(w) || std::isnan(g)) ok = false;
-    else if (std::isinf(w) || std::isinf(g)) ok = g == w;
-    else ok = std::fabs(g - w) <= LD(u) * std::fabs(w) + LD(floor);
+    if (std::isnan(w) || std::isnan(g))
+      ok = false;
+    else if (std::isinf(w) || std::isinf(g))
+      ok = g == w;
+    else
+      ok = std::fabs(g - w) <= LD(u) * std::fabs(w) + LD(floor);
     if (!ok && bad++ == 0)
-      first << " first at logical element " << i << ": got " << double(g) << ", want "
-            << double(w);
+      first << " first at logical element " << i << ": got " << double(g) << ", want " << double(w);
     ++i;
   });
   if (i != want.size()) return ::testing::AssertionFailure() << name << ": size mismatch";
   if (bad)
-    return ::testing::AssertionFailure() << name << ": " << bad << " of " << i
-                                         << " elements not the once-rounded exact value;"
-                                         << first.str();
+    return ::testing::AssertionFailure()
+           << name << ": " << bad << " of " << i << " elements not the once-rounded exact value;"
+           << first.str();
   return ::testing::AssertionSuccess();
 }
 
@@ -211,9 +213,9 @@ struct SparseCase {
   int64_t s_q, h_q, d_qk, s_kv, topk;
   int64_t poison_rows;  // last rows of kv are NaN, reachable only past topk_length
   bool topk_length, sink;
-  int64_t pad;          // extra elements per row of every tensor with rows (inputs and outputs)
-  float scale;          // 0: default
-  double sigma;         // randn * sigma, clamped to [-1, 1]
+  int64_t pad;   // extra elements per row of every tensor with rows (inputs and outputs)
+  float scale;   // 0: default
+  double sigma;  // randn * sigma, clamped to [-1, 1]
   uint64_t seed;
 };
 
@@ -243,8 +245,16 @@ SparseProblem make_problem(const SparseCase& c) {
   if (p.has_len) p.topk_length = HostTensor(DType::kInt32, {c.s_q});
   p.indices = HostTensor(DType::kInt32, {c.s_q, 1, c.topk}, c.pad);
   p.indices.fill_nan();  // padding 0xff..: -1 -- harmless either way, never read
-  const int64_t invalid[] = {-1, -1, -1, -2, c.s_kv, c.s_kv + 1, std::numeric_limits<int32_t>::max(),
-                             std::numeric_limits<int32_t>::min(), -123456789, int64_t(1) << 30};
+  const int64_t invalid[] = {-1,
+                             -1,
+                             -1,
+                             -2,
+                             c.s_kv,
+                             c.s_kv + 1,
+                             std::numeric_limits<int32_t>::max(),
+                             std::numeric_limits<int32_t>::min(),
+                             -123456789,
+                             int64_t(1) << 30};
   std::uniform_int_distribution<int64_t> pick_normal(0, n_normal - 1);
   std::uniform_int_distribution<int64_t> pick_poison(n_normal, c.s_kv - 1);
   std::uniform_int_distribution<int> pick_invalid(0, std::size(invalid) - 1);
@@ -255,12 +265,24 @@ SparseProblem make_problem(const SparseCase& c) {
       // Row patterns: 0, partial, exactly topk, more than topk, negative, random in [1, topk].
       int64_t len;
       switch (r % 6) {
-        case 0: len = 0; break;
-        case 1: len = std::max<int64_t>(1, c.topk / 2); break;
-        case 2: len = c.topk; break;
-        case 3: len = c.topk + 7; break;
-        case 4: len = -3; break;
-        default: len = std::uniform_int_distribution<int64_t>(1, c.topk)(rng); break;
+        case 0:
+          len = 0;
+          break;
+        case 1:
+          len = std::max<int64_t>(1, c.topk / 2);
+          break;
+        case 2:
+          len = c.topk;
+          break;
+        case 3:
+          len = c.topk + 7;
+          break;
+        case 4:
+          len = -3;
+          break;
+        default:
+          len = std::uniform_int_distribution<int64_t>(1, c.topk)(rng);
+          break;
       }
       p.topk_length.set({r}, double(len));
       counted = std::clamp<int64_t>(len, 0, c.topk);
@@ -275,10 +297,12 @@ SparseProblem make_problem(const SparseCase& c) {
         idx = invalid[pick_invalid(rng)];  // a row with no valid index at all
       } else {
         const double z = u01(rng);
-        if (z < 0.25) idx = invalid[pick_invalid(rng)];
+        if (z < 0.25)
+          idx = invalid[pick_invalid(rng)];
         else if (z < 0.4 && !row_valid.empty())  // a duplicate: counts twice
           idx = row_valid[std::uniform_int_distribution<size_t>(0, row_valid.size() - 1)(rng)];
-        else idx = pick_normal(rng);
+        else
+          idx = pick_normal(rng);
         if (idx >= 0 && idx < c.s_kv) row_valid.push_back(idx);
       }
       p.indices.set({r, 0, k}, double(idx));
@@ -407,8 +431,14 @@ TEST(SparsePrefill, NoValidIndexGivesZeroInfMinusInf) {
   p.kv = HostTensor(DType::kBFloat16, {s_kv, 1, d});
   fill_randn(p.kv, rng);
   p.indices = HostTensor(DType::kInt32, {s_q, 1, topk});
-  const int64_t bad[] = {-1, s_kv, s_kv + 1, std::numeric_limits<int32_t>::max(),
-                         std::numeric_limits<int32_t>::min(), -7, int64_t(1) << 20, -1};
+  const int64_t bad[] = {-1,
+                         s_kv,
+                         s_kv + 1,
+                         std::numeric_limits<int32_t>::max(),
+                         std::numeric_limits<int32_t>::min(),
+                         -7,
+                         int64_t(1) << 20,
+                         -1};
   for (int64_t r = 0; r < s_q; ++r)
     for (int64_t k = 0; k < topk; ++k)
       p.indices.set({r, 0, k}, double(r < 2 ? bad[k] : k % s_kv));  // rows 2, 3: all valid
@@ -468,9 +498,10 @@ TEST(SparsePrefill, DuplicateIndicesCountTwice) {
         EXPECT_NEAR(got.lse.get({r, h}), double(std::log(z)), 1e-5);
         EXPECT_NEAR(got.max_logits.get({r, h}), double(std::max(xa, xb)), 1e-5);
         for (int64_t c = 0; c < kDv; ++c) {
-          const LD want = (wa * std::exp(xa) * p.kv.get({a, 0, c}) +
-                           std::exp(xb) * p.kv.get({b, 0, c})) / z;
-          ASSERT_NEAR(got.out.get({r, h, c}), double(want), double(0x1p-8 * std::fabs(want) + 1e-12))
+          const LD want =
+              (wa * std::exp(xa) * p.kv.get({a, 0, c}) + std::exp(xb) * p.kv.get({b, 0, c})) / z;
+          ASSERT_NEAR(got.out.get({r, h, c}), double(want),
+                      double(0x1p-8 * std::fabs(want) + 1e-12))
               << "row " << r << " c " << c;
         }
       }

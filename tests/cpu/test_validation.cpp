@@ -93,8 +93,8 @@ std::unique_ptr<DecodePlan> try_cuda_plan(const DecodePlanConfig& c, int index =
   }
 }
 
-#define SKIP_WITHOUT_CUDA_PLAN(plan)                                                   \
-  if (!(plan))                                                                         \
+#define SKIP_WITHOUT_CUDA_PLAN(plan)                                                     \
+  if (!(plan))                                                                           \
   GTEST_SKIP() << "no CUDA DecodePlan can be made here (CPU-only build or no GPU); the " \
                   "plan-on-CUDA checks run where one can"
 
@@ -252,12 +252,24 @@ struct SparseDecodeCase : Case {
   std::string primary() const override { return "q"; }
   std::string first_dependent() const override { return "k_cache"; }
   std::vector<std::pair<std::string, int>> tied_dims() const override {
-    return {{"k_cache", 2},       {"k_cache", 3},       {"indices", 0},
-            {"indices", 1},       {"topk_length", 0},   {"attn_sink", 0},
-            {"extra_k_cache", 2}, {"extra_k_cache", 3}, {"extra_indices", 0},
-            {"extra_indices", 1}, {"extra_topk_length", 0}, {"out", 0},
-            {"out", 1},           {"out", 2},           {"out", 3},
-            {"lse", 0},           {"lse", 1},           {"lse", 2}};
+    return {{"k_cache", 2},
+            {"k_cache", 3},
+            {"indices", 0},
+            {"indices", 1},
+            {"topk_length", 0},
+            {"attn_sink", 0},
+            {"extra_k_cache", 2},
+            {"extra_k_cache", 3},
+            {"extra_indices", 0},
+            {"extra_indices", 1},
+            {"extra_topk_length", 0},
+            {"out", 0},
+            {"out", 1},
+            {"out", 2},
+            {"out", 3},
+            {"lse", 0},
+            {"lse", 1},
+            {"lse", 2}};
   }
   bool needs_plan() const override { return true; }
   void set_plan(const DecodePlan* plan) override { p.plan = plan; }
@@ -314,10 +326,9 @@ struct SparsePrefillCase : Case {
   std::string primary() const override { return "q"; }
   std::string first_dependent() const override { return "kv"; }
   std::vector<std::pair<std::string, int>> tied_dims() const override {
-    return {{"kv", 1},  {"kv", 2},         {"indices", 0},    {"indices", 1},
-            {"attn_sink", 0}, {"topk_length", 0}, {"out", 0},  {"out", 1},
-            {"out", 2}, {"max_logits", 0}, {"max_logits", 1}, {"lse", 0},
-            {"lse", 1}};
+    return {{"kv", 1},          {"kv", 2},  {"indices", 0}, {"indices", 1}, {"attn_sink", 0},
+            {"topk_length", 0}, {"out", 0}, {"out", 1},     {"out", 2},     {"max_logits", 0},
+            {"max_logits", 1},  {"lse", 0}, {"lse", 1}};
   }
 };
 
@@ -418,11 +429,10 @@ struct DenseBackwardCase : Case {
   std::string primary() const override { return "q"; }
   std::string first_dependent() const override { return "k"; }
   std::vector<std::pair<std::string, int>> tied_dims() const override {
-    return {{"k", 2},    {"v", 0},    {"v", 1},    {"v", 2},   {"cu_seqlens_k", 0},
-            {"dout", 0}, {"dout", 1}, {"dout", 2}, {"out", 0}, {"out", 1},
-            {"out", 2},  {"lse", 0},  {"lse", 1},  {"dq", 0},  {"dq", 1},
-            {"dq", 2},   {"dk", 0},   {"dk", 1},   {"dk", 2},  {"dv", 0},
-            {"dv", 1},   {"dv", 2}};
+    return {{"k", 2},    {"v", 0},    {"v", 1},   {"v", 2},   {"cu_seqlens_k", 0}, {"dout", 0},
+            {"dout", 1}, {"dout", 2}, {"out", 0}, {"out", 1}, {"out", 2},          {"lse", 0},
+            {"lse", 1},  {"dq", 0},   {"dq", 1},  {"dq", 2},  {"dk", 0},           {"dk", 1},
+            {"dk", 2},   {"dv", 0},   {"dv", 1},  {"dv", 2}};
   }
 };
 
@@ -856,7 +866,8 @@ TEST(ValidationMessages, DtypeNamesAllowedAndGot) {
   EXPECT_TRUE(contains(m, "got float32[2, 2]"));
   DenseDecodeCase c2;
   c2.p.q.dtype = kF32;
-  EXPECT_TRUE(contains(error_message(c2.call()), "expected dtype bfloat16 or float16, got float32"));
+  EXPECT_TRUE(
+      contains(error_message(c2.call()), "expected dtype bfloat16 or float16, got float32"));
 }
 
 TEST(ValidationMessages, DimNamesExpectedSizeAndGotShape) {
@@ -878,7 +889,8 @@ TEST(ValidationMessages, DeviceNamesBothDevices) {
 TEST(ValidationMessages, MissingSaysNothing) {
   SparsePrefillCase c;
   c.p.kv = TensorView{};
-  EXPECT_TRUE(contains(error_message(c.call()), "kv: expected a tensor [s_kv, h_kv = 1, d_qk], got nothing"));
+  EXPECT_TRUE(contains(error_message(c.call()),
+                       "kv: expected a tensor [s_kv, h_kv = 1, d_qk], got nothing"));
 }
 
 TEST(ValidationMessages, Fp8CacheNamesFormatAndBytes) {
@@ -892,7 +904,8 @@ TEST(ValidationMessages, Fp8CacheNamesFormatAndBytes) {
 TEST(ValidationMessages, ScaleShowsTheValue) {
   DenseDecodeCase c;
   c.p.softmax_scale = -0.5f;
-  EXPECT_TRUE(contains(error_message(c.call()), "softmax_scale: expected a finite softmax scale >= 0"));
+  EXPECT_TRUE(
+      contains(error_message(c.call()), "softmax_scale: expected a finite softmax scale >= 0"));
   EXPECT_TRUE(contains(error_message(c.call()), "-0.5"));
 }
 
@@ -921,7 +934,8 @@ TEST(ValidationMessages, PlanMismatchListsThePlanShapes) {
   SKIP_WITHOUT_CUDA_PLAN(plan);
   c.all_on(cuda_device(0));
   c.p.plan = plan.get();
-  EXPECT_TRUE(contains(error_message(c.call()), "plan: plan was made for other shapes (batch 2, s_q 2, h_q 8"));
+  EXPECT_TRUE(contains(error_message(c.call()),
+                       "plan: plan was made for other shapes (batch 2, s_q 2, h_q 8"));
 }
 
 // ---------------------------------------------------------------- dense decode
@@ -1395,8 +1409,8 @@ TEST(ValidationSparsePrefill, HqZero) {
 
 TEST(ValidationSparsePrefill, SqZeroIsANoOp) {
   SparsePrefillCase c;
-  for (TensorView* t : {&c.p.q, &c.p.indices, &c.p.topk_length, &c.p.out, &c.p.max_logits,
-                        &c.p.lse}) {
+  for (TensorView* t :
+       {&c.p.q, &c.p.indices, &c.p.topk_length, &c.p.out, &c.p.max_logits, &c.p.lse}) {
     t->shape[0] = 0;
     t->data = nullptr;
   }
@@ -1889,8 +1903,8 @@ TEST(ValidationDecodePlan, MovedFromPlan) {
   DecodePlan other = std::move(plan);
   HostTensor lens = ints({2}, {3, 9});
   EXPECT_TRUE(throws_naming("plan", [&] { plan.update(lens.view); }));  // NOLINT
-  EXPECT_TRUE(throws_naming("plan", [&] { (void)plan.config(); }));    // NOLINT
-  EXPECT_TRUE(throws_naming("plan", [&] { (void)plan.device(); }));    // NOLINT
+  EXPECT_TRUE(throws_naming("plan", [&] { (void)plan.config(); }));     // NOLINT
+  EXPECT_TRUE(throws_naming("plan", [&] { (void)plan.device(); }));     // NOLINT
   EXPECT_NO_THROW(other.update(lens.view));
   plan = std::move(other);  // a moved-from plan can be assigned again
   EXPECT_NO_THROW(plan.update(lens.view));
@@ -1909,8 +1923,9 @@ TEST(ValidationTensorView, StridedValid) {
 
 TEST(ValidationTensorView, StridedMoreThanSixDims) {
   float buf[1];
-  const std::string m = error_message(
-      [&] { TensorView::strided(buf, kF32, kCPU, {1, 1, 1, 1, 1, 1, 1}, {1, 1, 1, 1, 1, 1, 1}); });
+  const std::string m = error_message([&] {
+    TensorView::strided(buf, kF32, kCPU, {1, 1, 1, 1, 1, 1, 1}, {1, 1, 1, 1, 1, 1, 1});
+  });
   EXPECT_TRUE(throws_naming("shape", [&] {
     TensorView::strided(buf, kF32, kCPU, {1, 1, 1, 1, 1, 1, 1}, {1, 1, 1, 1, 1, 1, 1});
   }));
@@ -1920,9 +1935,12 @@ TEST(ValidationTensorView, StridedMoreThanSixDims) {
 TEST(ValidationTensorView, StridedRankMismatch) {
   float buf[6];
   EXPECT_TRUE(throws_naming("strides", [&] { TensorView::strided(buf, kF32, kCPU, {2, 3}, {3}); }));
-  EXPECT_TRUE(
-      throws_naming("strides", [&] { TensorView::strided(buf, kF32, kCPU, {2, 3}, {3, 1, 1}); }));
-  EXPECT_TRUE(contains(error_message([&] { TensorView::strided(buf, kF32, kCPU, {2, 3}, {3}); }),
+  EXPECT_TRUE(throws_naming("strides", [&] {
+    TensorView::strided(buf, kF32, kCPU, {2, 3}, {3, 1, 1});
+  }));
+  EXPECT_TRUE(contains(error_message([&] {
+                         TensorView::strided(buf, kF32, kCPU, {2, 3}, {3});
+                       }),
                        "expected one stride per dimension of shape (2), got 1"));
 }
 

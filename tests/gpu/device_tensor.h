@@ -61,11 +61,11 @@ inline bool gpu_available(std::string* why = nullptr) {
 }
 
 // Skips the current test when there is no usable GPU (use at the top of a TEST body or SetUp).
-#define OPENMLA_SKIP_WITHOUT_GPU()                                        \
-  do {                                                                    \
-    std::string openmla_why_;                                             \
-    if (!::openmla::test::gpu_available(&openmla_why_))                   \
-      GTEST_SKIP() << "no usable GPU (" << openmla_why_ << ")";           \
+#define OPENMLA_SKIP_WITHOUT_GPU()                              \
+  do {                                                          \
+    std::string openmla_why_;                                   \
+    if (!::openmla::test::gpu_available(&openmla_why_))         \
+      GTEST_SKIP() << "no usable GPU (" << openmla_why_ << ")"; \
   } while (0)
 
 // Fixtures whose tests skip without a GPU.
@@ -242,8 +242,7 @@ inline ::testing::AssertionResult bytes_equal(const char* name, const HostTensor
   std::snprintf(bytes, sizeof bytes, "got 0x%02x, want 0x%02x", unsigned(got.storage[first]),
                 unsigned(want.storage[first]));
   return ::testing::AssertionFailure() << name << ": " << bad << " of " << got.storage.size()
-                                       << " bytes differ; first at byte " << first << ": "
-                                       << bytes;
+                                       << " bytes differ; first at byte " << first << ": " << bytes;
 }
 
 struct OutputCheck {

@@ -36,8 +36,8 @@ struct Case {
   int b, s_q, s_k, h_q, h_kv;
   bool causal, fp16;
   int d_qk, page_size;
-  bool varlen;     // lengths ~ N(s_k, s_k/2) with some zeros; else all s_k
-  int q_pad;       // > 0: non-contiguous q and out
+  bool varlen;  // lengths ~ N(s_k, s_k/2) with some zeros; else all s_k
+  int q_pad;    // > 0: non-contiguous q and out
 };
 
 std::string name(const Case& c) {
@@ -90,7 +90,8 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
         bt.set({i, j}, page);
         for (int t = 0; t < ps && j * ps + t < lens[i]; ++t)
           for (int h = 0; h < c.h_kv; ++h)
-            for (int d = 0; d < c.d_qk; ++d) kc.set({page, t, h, d}, std::clamp(nd(rng), -1.0, 1.0));
+            for (int d = 0; d < c.d_qk; ++d)
+              kc.set({page, t, h, d}, std::clamp(nd(rng), -1.0, 1.0));
       } else {
         bt.set({i, j}, (j % 2) ? 0x7fffffff : -123456);  // garbage past the request's pages
       }
@@ -211,8 +212,8 @@ TEST_F(GpuTest, DenseDecodeBatchInvariantSameBitsAloneAndInABatch) {
   EXPECT_EQ(diff, 0) << "request 2 alone and in the batch differ in " << diff << " elements";
   // And the batch matches the CPU reference.
   HostTensor out_ref(DType::kBFloat16, {b, s_q, h_q, 512}), lse_ref(DType::kFloat32, {b, h_q, s_q});
-  dense_decode(decode_params(q.view, kc.view, bt.view, seq.view, out_ref.view, lse_ref.view, true,
-                             nullptr));
+  dense_decode(
+      decode_params(q.view, kc.view, bt.view, seq.view, out_ref.view, lse_ref.view, true, nullptr));
   EXPECT_TRUE(close("out", out_b, out_ref, kDecodeOut));
   EXPECT_TRUE(close("lse", lse_b, lse_ref, kLse));
 }
@@ -225,7 +226,8 @@ std::vector<Case> cases() {
     v.push_back({2, 1, 140, h, 1, false, false, 576, 64, true, 0});
   // Query lengths (MTP / short prefill), causal and not.
   for (int sq : {1, 2, 4, 17})
-    for (bool causal : {false, true}) v.push_back({6, sq, 140, 16, 1, causal, false, 576, 64, true, 0});
+    for (bool causal : {false, true})
+      v.push_back({6, sq, 140, 16, 1, causal, false, 576, 64, true, 0});
   // KV heads.
   for (int hkv : {2, 8}) {
     v.push_back({2, 2, 140, 16, hkv, true, false, 576, 64, true, 0});
@@ -235,7 +237,8 @@ std::vector<Case> cases() {
   for (bool fp16 : {false, true})
     for (int d : {576, 512}) v.push_back({6, 2, 140, 64, 1, true, fp16, d, 64, true, 8});
   // Page sizes.
-  for (int ps : {1, 16, 32, 128, 256}) v.push_back({6, 1, 140, 16, 1, false, false, 576, ps, true, 0});
+  for (int ps : {1, 16, 32, 128, 256})
+    v.push_back({6, 1, 140, 16, 1, false, false, 576, ps, true, 0});
   // Long contexts and big batches (split-KV and combine paths).
   v.push_back({1, 1, 4096, 128, 1, false, false, 576, 64, false, 0});
   v.push_back({1, 2, 4096, 128, 1, true, false, 576, 64, false, 0});

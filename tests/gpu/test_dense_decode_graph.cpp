@@ -40,12 +40,24 @@ std::vector<int32_t> lengths_for(const DenseCase& c, std::mt19937_64& rng) {
   std::vector<int32_t> len(c.b);
   for (int i = 0; i < c.b; ++i) {
     switch (i % 7) {
-      case 0: len[i] = c.s_k; break;
-      case 1: len[i] = 0; break;
-      case 2: len[i] = std::max(1, (c.s_k / c.page) * c.page); break;
-      case 3: len[i] = 1; break;
-      case 4: len[i] = std::max(0, c.s_q - 1); break;
-      default: len[i] = ud(rng); break;
+      case 0:
+        len[i] = c.s_k;
+        break;
+      case 1:
+        len[i] = 0;
+        break;
+      case 2:
+        len[i] = std::max(1, (c.s_k / c.page) * c.page);
+        break;
+      case 3:
+        len[i] = 1;
+        break;
+      case 4:
+        len[i] = std::max(0, c.s_q - 1);
+        break;
+      default:
+        len[i] = ud(rng);
+        break;
     }
   }
   return len;
@@ -151,8 +163,9 @@ TEST_P(DenseDecodeGraphGpu, PlanReusedAcrossLayers) {
   DecodePlan plan(cuda_device(0), plan_config(c));
   plan.update(layer0.view("cache_seqlens", Side::kDevice));
   for (TwinSet* t : {&layer0, &layer1})
-    EXPECT_TRUE(run_and_compare(*t, params_maker(c, *t, &plan),
-                                [](const DenseDecodeParams& p) { dense_decode(p); }, kOutputs));
+    EXPECT_TRUE(run_and_compare(
+        *t, params_maker(c, *t, &plan), [](const DenseDecodeParams& p) { dense_decode(p); },
+        kOutputs));
 }
 
 // The whole call (plan update + decode) captured in a CUDA graph and replayed.
@@ -196,9 +209,7 @@ TEST_P(DenseDecodeGraphGpu, CudaGraphReplay) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Spec, DenseDecodeGraphGpu, ::testing::ValuesIn(cases()),
-                         [](const ::testing::TestParamInfo<DenseCase>& i) {
-                           return i.param.name;
-                         });
+                         [](const ::testing::TestParamInfo<DenseCase>& i) { return i.param.name; });
 
 }  // namespace
 }  // namespace openmla::test

@@ -33,9 +33,12 @@ std::string case_name(const ::testing::TestParamInfo<Fp8Case>& info) {
 int64_t page_stride(const Fp8Case& c) {
   const int64_t bpt = format_info(c.format).bytes_per_token;
   switch (c.stride) {
-    case Stride::kTight: return c.page_size * bpt;
-    case Stride::kFormat: return fp8_page_bytes(c.format, c.page_size);
-    case Stride::kOddPadded: return fp8_page_bytes(c.format, c.page_size) + 13;
+    case Stride::kTight:
+      return c.page_size * bpt;
+    case Stride::kFormat:
+      return fp8_page_bytes(c.format, c.page_size);
+    case Stride::kOddPadded:
+      return fp8_page_bytes(c.format, c.page_size) + 13;
   }
   return 0;
 }
@@ -182,7 +185,8 @@ std::vector<Fp8Case> all_cases() {
   for (KVCacheFormat f : {KVCacheFormat::kFP8V32, KVCacheFormat::kFP8Model1})
     for (int ps : {1, 2, 53, 64, 69})
       for (Stride s : {Stride::kTight, Stride::kFormat, Stride::kOddPadded}) {
-        if (s == Stride::kFormat && fp8_page_bytes(f, ps) == int64_t(ps) * format_info(f).bytes_per_token)
+        if (s == Stride::kFormat &&
+            fp8_page_bytes(f, ps) == int64_t(ps) * format_info(f).bytes_per_token)
           continue;  // same as tight
         v.push_back({f, ps, s});
       }
@@ -243,13 +247,26 @@ TEST_P(Fp8KvGpuSpecial, SpecialValuesBitIdentical) {
       const int tile = int(col / info.tile);
       uint16_t bits = 0;
       switch ((t + tile) % 7) {
-        case 0: bits = 0x0000; break;                           // zero tile
-        case 1: bits = col % 5 == 0 ? 0x7f80 : 0xbf00; break;   // +inf among -0.5
-        case 2: bits = col % 3 == 0 ? 0xff80 : 0x4000; break;   // -inf among 2
-        case 3: bits = uint16_t(0x0001 + (col % 0x7f)); break;  // bf16 subnormals
-        case 4: bits = col % 2 ? 0x7f7f : 0xff7f; break;        // +-largest bf16
-        case 5: bits = uint16_t(0x43e0 + (col % 32)); break;    // around 448
-        default: continue;                                      // random
+        case 0:
+          bits = 0x0000;
+          break;  // zero tile
+        case 1:
+          bits = col % 5 == 0 ? 0x7f80 : 0xbf00;
+          break;  // +inf among -0.5
+        case 2:
+          bits = col % 3 == 0 ? 0xff80 : 0x4000;
+          break;  // -inf among 2
+        case 3:
+          bits = uint16_t(0x0001 + (col % 0x7f));
+          break;  // bf16 subnormals
+        case 4:
+          bits = col % 2 ? 0x7f7f : 0xff7f;
+          break;  // +-largest bf16
+        case 5:
+          bits = uint16_t(0x43e0 + (col % 32));
+          break;  // around 448
+        default:
+          continue;  // random
       }
       put_bits(input.host, t % 2, t, col, bits);
     }

@@ -74,8 +74,8 @@ TEST_F(GpuHarnessDevice, RunAndCompareSeesAWrongDeviceResult) {
     if (p.src.device.type == DeviceType::kCPU)
       std::memcpy(p.dst.data, p.src.data, size_t(p.src.numel()) * 4);
     else
-      OPENMLA_CUDA_CHECK(cudaMemcpy(p.dst.data, p.src.data, size_t(p.src.numel()) * 4,
-                                    cudaMemcpyDeviceToDevice));
+      OPENMLA_CUDA_CHECK(
+          cudaMemcpy(p.dst.data, p.src.data, size_t(p.src.numel()) * 4, cudaMemcpyDeviceToDevice));
   };
   EXPECT_TRUE(run_and_compare(t, make, op2, {{"dst", kLse}, {"src", kLse, true}}));
 }

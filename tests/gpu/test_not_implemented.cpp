@@ -16,8 +16,8 @@ namespace {
     f();
   } catch (const Error& e) {
     if (std::string(e.what()).find("not implemented") == std::string::npos)
-      return ::testing::AssertionFailure() << "openmla::Error without 'not implemented': "
-                                           << e.what();
+      return ::testing::AssertionFailure()
+             << "openmla::Error without 'not implemented': " << e.what();
     return ::testing::AssertionSuccess() << e.what();
   } catch (const std::exception& e) {
     return ::testing::AssertionFailure() << "expected openmla::Error, got: " << e.what();
@@ -27,8 +27,8 @@ namespace {
          << "')";
 }
 
-#define SKIP_IF_LANDED(op)                                                          \
-  do {                                                                              \
+#define SKIP_IF_LANDED(op)                                                             \
+  do {                                                                                 \
     if (has_cuda_kernel(op)) GTEST_SKIP() << op << " has a CUDA kernel in this build"; \
   } while (0)
 
@@ -85,8 +85,8 @@ TEST_F(NotImplementedGpu, DecodePlanUpdate) {
   SKIP_IF_LANDED("dense_decode");
   DenseDecodeInputs in(rng);
   DecodePlan plan(cuda_device(0), in.plan_config());  // making a plan works already
-  EXPECT_TRUE(raises_not_implemented(
-      [&] { plan.update(in.t.view("cache_seqlens", Side::kDevice)); }));
+  EXPECT_TRUE(
+      raises_not_implemented([&] { plan.update(in.t.view("cache_seqlens", Side::kDevice)); }));
 }
 
 TEST_F(NotImplementedGpu, DenseDecode) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cuda.h>
+
 #include <cstdint>
 
 namespace openmla::sm90 {
@@ -61,7 +62,9 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
 }
 
 // ---- wgmma group control ----
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 }

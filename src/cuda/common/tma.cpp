@@ -1,8 +1,8 @@
 // TMA tensor-map encoding (tma.h).
 #include "cuda/common/tma.h"
 
-#include <cuda_runtime.h>
 #include <cudaTypedefs.h>
+#include <cuda_runtime.h>
 
 #include <string>
 
@@ -38,9 +38,10 @@ CUtensorMap make_tensor_map_4d(const char* arg, const void* base, CUtensorMapDat
                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
-    throw Error(arg, "cannot describe this tensor to the TMA engine (cuTensorMapEncodeTiled error " +
-                         std::to_string(static_cast<int>(r)) +
-                         "): base must be 16-byte aligned and strides multiples of 16 bytes");
+    throw Error(arg,
+                "cannot describe this tensor to the TMA engine (cuTensorMapEncodeTiled error " +
+                    std::to_string(static_cast<int>(r)) +
+                    "): base must be 16-byte aligned and strides multiples of 16 bytes");
   return map;
 }
 

@@ -47,8 +47,9 @@ void dense_decode(const DenseDecodeParams& p) {
   const int64_t h_kv = p.k_cache.shape[2];
   PlanState& st = plan_state(*p.plan);
   if (!st.updated)
-    throw Error("plan", "DecodePlan::update(cache_seqlens) must run (on this stream) before the "
-                        "first dense_decode with the plan");
+    throw Error("plan",
+                "DecodePlan::update(cache_seqlens) must run (on this stream) before the "
+                "first dense_decode with the plan");
   require_aligned(p.q, "q", 16, 3);
   require_aligned(p.out, "out", 16, 3);
   require_aligned(p.k_cache, "k_cache", 16, 3);
@@ -65,9 +66,10 @@ void dense_decode(const DenseDecodeParams& p) {
   // Boxes of up to 64 tokens that never straddle a page: blocks start at multiples of 64.
   const int box_tokens = std::gcd(static_cast<int>(std::min<int64_t>(page_size, 1 << 30)), 64);
   const uint32_t box[4] = {64, 1, static_cast<uint32_t>(box_tokens), 1};
-  const CUtensorMap map = make_tensor_map_4d(
-      "k_cache", p.k_cache.data,
-      fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, dims, strides, box);
+  const CUtensorMap map =
+      make_tensor_map_4d("k_cache", p.k_cache.data,
+                         fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                         dims, strides, box);
 
   DenseDecodeKernelParams kp{};
   kp.q = p.q.data;
@@ -106,11 +108,15 @@ void dense_decode(const DenseDecodeParams& p) {
   const auto stream = static_cast<cudaStream_t>(p.stream);
   const dim3 grid(st.m_blocks, static_cast<unsigned>(h_kv), st.buf.num_parts);
   if (d_qk == 576) {
-    if (fp16) launch<9, true>(map, kp, grid, stream);
-    else launch<9, false>(map, kp, grid, stream);
+    if (fp16)
+      launch<9, true>(map, kp, grid, stream);
+    else
+      launch<9, false>(map, kp, grid, stream);
   } else {
-    if (fp16) launch<8, true>(map, kp, grid, stream);
-    else launch<8, false>(map, kp, grid, stream);
+    if (fp16)
+      launch<8, true>(map, kp, grid, stream);
+    else
+      launch<8, false>(map, kp, grid, stream);
   }
   launch_combine(kp, stream);
 }

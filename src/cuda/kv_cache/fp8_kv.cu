@@ -14,7 +14,8 @@ constexpr int kThreads = 128;
 
 __global__ void quantize_kernel(const uint16_t* __restrict__ in, int64_t in_page_stride,
                                 int64_t in_token_stride, uint8_t* __restrict__ cache,
-                                int64_t page_stride, int64_t pages, int64_t page_size, bool model1) {
+                                int64_t page_stride, int64_t pages, int64_t page_size,
+                                bool model1) {
   const int64_t tok = blockIdx.x * int64_t(kThreads) + threadIdx.x;
   if (tok >= pages * page_size) return;
   const int64_t pg = tok / page_size, off = tok % page_size;

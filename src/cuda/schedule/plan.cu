@@ -1,10 +1,10 @@
 // Split-KV planner (device-side, no host sync, fixed-size buffers: CUDA-graph safe) and the
 // combine kernel that merges split requests by their lse.
-#include <algorithm>
-#include <cmath>
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
 
 #include "cuda/common/cuda_check.h"
 #include "cuda/schedule/plan.h"
@@ -59,7 +59,8 @@ __global__ void __launch_bounds__(kPlannerThreads)
     for (int i = 0; i < batch; ++i) {
       const int nb = blocks_of(i);
       const long long c = nb + kFixedCost;
-      const int p = static_cast<int>(min(static_cast<long long>(parts - 1), (prefix + c / 2) / per));
+      const int p =
+          static_cast<int>(min(static_cast<long long>(parts - 1), (prefix + c / 2) / per));
       int32_t* m = buf.meta + p * kPlanMetaInts;
       if (m[kLastReq] < 0) {
         m[kBeginReq] = i;
@@ -175,8 +176,8 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
       acc[3] += w * v.w;
     }
   }
-  uint16_t* out = static_cast<uint16_t*>(p.out) + req * p.o_stride_b + s * p.o_stride_s +
-                  h * p.o_stride_h + d0;
+  uint16_t* out =
+      static_cast<uint16_t*>(p.out) + req * p.o_stride_b + s * p.o_stride_s + h * p.o_stride_h + d0;
   uint16_t bits[4];
 #pragma unroll
   for (int c = 0; c < 4; ++c)
@@ -200,7 +201,8 @@ void plan_create(DecodePlan::Impl& impl) {
   OPENMLA_CUDA_CHECK(cudaSetDevice(impl.device.index));
   int sms = c.num_sms;
   if (sms == 0)
-    OPENMLA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, impl.device.index));
+    OPENMLA_CUDA_CHECK(
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, impl.device.index));
   auto* st = new PlanState();
   st->rows = c.s_q * (c.h_q / c.h_kv);
   st->m_blocks = (st->rows + 63) / 64;
@@ -247,7 +249,8 @@ void plan_destroy(DecodePlan::Impl& impl) {
 void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream stream) {
   auto* st = static_cast<PlanState*>(impl.workspace);
   if (impl.config.sparse)
-    throw Error("plan", "sparse decode plans are not implemented on CUDA yet (sparse decode issue)");
+    throw Error("plan",
+                "sparse decode plans are not implemented on CUDA yet (sparse decode issue)");
   if (impl.config.batch == 0) return;
   planner_kernel<<<1, kPlannerThreads, 0, static_cast<cudaStream_t>(stream)>>>(
       static_cast<const int32_t*>(cache_seqlens.data), cache_seqlens.strides[0], impl.config.batch,
