@@ -51,11 +51,7 @@ struct Smem {
   static constexpr int kK = kChunks * kChunkBytes;
   static constexpr int kStage = kChunks * kChunkBytes;
   static constexpr int kP = kK + 2 * kStage;
-  // Partial S exchange (see the consumer loop): warpgroup 0 writes into the P tile (free between
-  // the P V of the previous block and the P of this one), warpgroup 1 into the K stage's RoPE chunk
-  // (dead once S is done); with d_qk 512 every chunk is V, so warpgroup 1 gets its own 8 KB.
-  static constexpr int kX1 = kP + kChunkBytes;
-  static constexpr int kRedMax = kX1 + (kChunks == 9 ? 0 : kChunkBytes);  // float [2][64]
+  static constexpr int kRedMax = kP + kChunkBytes;  // float [2][64]
   static constexpr int kRedSum = kRedMax + 512;     // float [2][64]
   static constexpr int kBars = kRedSum + 512;       // uint64 full[2], empty[2]
   static constexpr int kBytes = kBars + 64;
@@ -98,27 +94,6 @@ __device__ __forceinline__ uint32_t pack2<__half>(float a, float b) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-template <bool kFp16>
-__device__ __forceinline__ void mma_s64(float (&d)[32], uint64_t a, uint64_t b, int scale_d) {
-  if constexpr (kFp16)
-    wgmma_m64n64k16_f16_ss(d, a, b, scale_d);
-  else
-    wgmma_m64n64k16_bf16_ss(d, a, b, scale_d);
-}
-// S over head-dim chunks [kC0, kC1) for all 64 tokens; compile-time offsets keep the descriptors
-// immediates (runtime offsets made ptxas hoist 36 64-bit descriptors and spill).
-template <bool kFp16, int kC0, int kC1>
-__device__ __forceinline__ void mma_s64_chunks(float (&d)[32], uint32_t q_addr, uint32_t k_addr) {
-#pragma unroll
-  for (int c = kC0; c < kC1; ++c) {
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint64_t da = make_desc_sw128(q_addr + c * kChunkBytes + kk * 32, 16, 1024);
-      const uint64_t db = make_desc_sw128(k_addr + c * kChunkBytes + kk * 32, 16, 1024);
-      mma_s64<kFp16>(d, da, db, (c != kC0 || kk != 0) ? 1 : 0);
-    }
-  }
-}
 template <bool kFp16>
 __device__ __forceinline__ void mma_s(float (&d)[16], uint64_t a, uint64_t b, int scale_d) {
   if constexpr (kFp16)
@@ -193,9 +168,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     // ------------------------------- consumers -------------------------------
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    // Broadcast so the compiler sees a warpgroup-uniform value: wgmma under a branch it cannot
-    // prove uniform is serialized (ptxas C7518/C7520).
-    const int wg = __shfl_sync(0xffffffff, warp / 4, 0);
+    const int wg = warp / 4;                   // 0 or 1
     const int wl = tid % 128;                  // thread within warpgroup
     const int r0 = (wl / 32) * 16 + lane / 4;  // local rows r0 and r0 + 8
     const int cq = 2 * (lane % 4);             // column pair base inside an 8-column group
@@ -255,56 +228,22 @@ __global__ void __launch_bounds__(kThreads, 1)
         OPENMLA_PROF_COUNT(prof[6]);
         const uint32_t k_base = s_k_addr + stage * L::kStage;
 
-        // ---- S = Q K^T: each warpgroup takes half of the head dim for all 64 tokens (m64n64k16:
-        // measured, 32-token wgmma spent 57 % of a block at 2.4x its bound), then the two partial
-        // tiles are exchanged so that each holds the full S of its 32 tokens ----
-        // Uneven for d_qk 576 (5 + 4 chunks): the tensor pipe is shared, so what matters is the
-        // total; warpgroup 1 just reaches the exchange barrier first.
-        constexpr int kSplit = (kChunks + 1) / 2;
-        float s64[32];
+        // ---- S = Q K^T over this warpgroup's 32 tokens ----
+        float sc[16];
         wgmma_fence();
-        if (wg == 0)
-          mma_s64_chunks<kFp16, 0, kSplit>(s64, s_q_addr, k_base);
-        else
-          mma_s64_chunks<kFp16, kSplit, kChunks>(s64, s_q_addr, k_base);
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) {
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) {
+            const uint64_t da = make_desc_sw128(s_q_addr + c * kChunkBytes + kk * 32, 16, 1024);
+            const uint64_t db =
+                make_desc_sw128(k_base + c * kChunkBytes + wg * 32 * 128 + kk * 32, 16, 1024);
+            mma_s<kFp16>(sc, da, db, (c | kk) != 0);
+          }
+        }
         wgmma_commit();
         wgmma_wait<0>();
-        fence_regs(s64);
-        // Both warpgroups are past their S (so past the previous block's P V, and warpgroup 1 no
-        // longer reads the RoPE chunk): the exchange buffers may be written.
-        named_barrier(kBarConsumers, kConsumerThreads);
-        {
-          float4* mine = reinterpret_cast<float4*>(
-              smem + (wg == 0 ? L::kP
-                              : (kChunks == 9 ? L::kK + stage * L::kStage + 8 * kChunkBytes
-                                              : L::kX1)));
-          // The partner thread (same index in the other warpgroup) owns the same rows and
-          // column pairs, so the tile travels in register order: [quad][thread] float4s.
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            // The other warpgroup's 32 columns (selects keep the register indices constant).
-            const int a = 16 + 4 * q, b = 4 * q;
-            mine[q * 128 + wl] = wg == 0 ? make_float4(s64[a], s64[a + 1], s64[a + 2], s64[a + 3])
-                                         : make_float4(s64[b], s64[b + 1], s64[b + 2], s64[b + 3]);
-          }
-        }
-        named_barrier(kBarConsumers, kConsumerThreads);
-        float sc[16];
-        {
-          const float4* theirs = reinterpret_cast<const float4*>(
-              smem + (wg == 1 ? L::kP
-                              : (kChunks == 9 ? L::kK + stage * L::kStage + 8 * kChunkBytes
-                                              : L::kX1)));
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const float4 t = theirs[q * 128 + wl];
-            const int a = 4 * q, b = 16 + 4 * q;  // my 32 columns
-            sc[4 * q + 0] = (wg == 0 ? s64[a + 0] : s64[b + 0]) + t.x;
-            sc[4 * q + 1] = (wg == 0 ? s64[a + 1] : s64[b + 1]) + t.y;
-            sc[4 * q + 2] = (wg == 0 ? s64[a + 2] : s64[b + 2]) + t.z;
-            sc[4 * q + 3] = (wg == 0 ? s64[a + 3] : s64[b + 3]) + t.w;
-          }
-        }
+        fence_regs(sc);
 
         // ---- mask, row max across both warpgroups ----
         const int tok0 = blk * 64;
