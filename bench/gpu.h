@@ -44,6 +44,19 @@ class DeviceBuffer {
 // dst[i] = bf16(sigma * N(0, 1)) from a counter-based hash of (seed, i): no curand, no state.
 void fill_normal_bf16(void* dst, size_t count, uint64_t seed, float sigma, cudaStream_t stream);
 
+// A non-blocking stream owned for the lifetime of a measurement.
+class BenchStream {
+ public:
+  BenchStream() { OPENMLA_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+  ~BenchStream() { (void)cudaStreamDestroy(s_); }
+  BenchStream(const BenchStream&) = delete;
+  BenchStream& operator=(const BenchStream&) = delete;
+  cudaStream_t get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
 }  // namespace openmla::bench
 
 #endif  // OPENMLA_WITH_CUDA

@@ -50,18 +50,6 @@ double median_ms(cudaStream_t stream, int warmup, int reps, F&& body) {
   return ms[reps / 2];
 }
 
-class Stream {
- public:
-  Stream() { OPENMLA_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~Stream() { (void)cudaStreamDestroy(s_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
 }  // namespace
 
 void measure_copy_ceiling(bool quick, Ceilings& ceil) {
@@ -69,7 +57,7 @@ void measure_copy_ceiling(bool quick, Ceilings& ceil) {
   OPENMLA_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   size_t bytes = size_t(quick ? 1 : 4) << 30;  // large enough that the 60 MB L2 plays no part
   while (bytes > (size_t(64) << 20) && 2 * bytes > free_b / 2) bytes /= 2;
-  Stream stream;
+  BenchStream stream;
   DeviceBuffer src(bytes), dst(bytes);
   OPENMLA_CUDA_CHECK(cudaMemsetAsync(src.get(), 0x5a, bytes, stream.get()));
   OPENMLA_CUDA_CHECK(cudaMemsetAsync(dst.get(), 0, bytes, stream.get()));
@@ -87,7 +75,7 @@ void measure_copy_ceiling(bool quick, Ceilings& ceil) {
 void measure_gemm_ceiling(bool quick, Ceilings& ceil) {
   constexpr int n = 8192;
   const size_t elems = size_t(n) * n;
-  Stream stream;
+  BenchStream stream;
   DeviceBuffer a(elems * 2), b(elems * 2), c(elems * 2);
   fill_normal_bf16(a.get(), elems, 0x1111, 1.0f, stream.get());
   fill_normal_bf16(b.get(), elems, 0x2222, 1.0f, stream.get());

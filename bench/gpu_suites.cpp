@@ -71,18 +71,6 @@ class Events {
   std::vector<cudaEvent_t> ev_;
 };
 
-class StreamGuard {
- public:
-  StreamGuard() { OPENMLA_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~StreamGuard() { (void)cudaStreamDestroy(s_); }
-  StreamGuard(const StreamGuard&) = delete;
-  StreamGuard& operator=(const StreamGuard&) = delete;
-  cudaStream_t get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
 template <class T>
 TensorView upload(InputSet& set, const std::vector<T>& host, DType dtype,
                   std::initializer_list<int64_t> shape, cudaStream_t stream) {
@@ -438,7 +426,7 @@ int run_gpu(const Options& opt, const std::vector<std::string>& suites, DeviceIn
   int errors = 0;
   bool usable = true;
   std::string unusable_why;
-  StreamGuard stream;
+  BenchStream stream;
   for (const std::string& name : suites) {
     const std::vector<Config> configs = gpu_suite(name);
     std::vector<Result> results;
