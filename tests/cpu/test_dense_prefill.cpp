@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "common/harness.h"
+#include "common/reference_utils.h"
 
 namespace openmla::test {
 namespace {
@@ -116,25 +117,6 @@ std::vector<int64_t> logical_offsets(const HostTensor& t) {
     return ::testing::AssertionFailure()
            << name << ": " << bad << " of " << g.size() << " elements out of bound;" << first.str();
   return ::testing::AssertionSuccess() << zeros << " structural zeros";
-}
-
-HostTensor as_tensor(std::vector<int64_t> shape, const std::vector<LD>& v) {
-  HostTensor t(DType::kFloat32, std::move(shape));
-  size_t i = 0;
-  t.for_each([&](int64_t o) { t.set_flat(o, double(v.at(i++))); });
-  return t;
-}
-
-::testing::AssertionResult padding_untouched(const char* name, const HostTensor& before,
-                                             const HostTensor& after) {
-  const size_t es = dtype_size(after.view.dtype);
-  std::vector<char> logical(after.storage.size() / es + 1, 0);
-  after.for_each([&](int64_t o) { logical[o] = 1; });
-  for (size_t e = 0; e * es + es <= after.storage.size(); ++e)
-    if (!logical[e] && memcmp(&before.storage[e * es], &after.storage[e * es], es) != 0)
-      return ::testing::AssertionFailure()
-             << name << ": element at flat offset " << e << " outside the view was written";
-  return ::testing::AssertionSuccess();
 }
 
 bool same_values(const HostTensor& a, const HostTensor& b) {
