@@ -1,8 +1,8 @@
 // Dense MLA decode kernel for sm_90a: one CTA per (64 query rows, KV head, schedule part).
 //
-// Warp roles (384 threads): warps 0-3 = warpgroup 0, warps 4-7 = warpgroup 1 (consumers); warps 8
-// and 9 are the TMA producers of K stage 0 and stage 1 (warps 10-11 only give their registers
-// away: setmaxnreg works per warpgroup).
+// 256 threads = two warpgroups and no producer warps: a 384-thread CTA caps ptxas at 168
+// registers per thread, too few for O (128) plus S of the next block in flight (32). Each
+// warpgroup issues the TMA refills of the chunks it has just finished with (warp 0 of the group).
 //
 // "Seesaw" schedule over pairs of 64-token KV blocks (b0 in stage 0, b1 in stage 1). O = [O_L | O_R]
 // (64 x 256 fp32 each) lives in warpgroup 0 / 1. Warpgroup 0 owns b0, warpgroup 1 owns b1; each
@@ -15,8 +15,9 @@
 //         O_R = O_R * e^(m - m1) + P1 V1_R (registers) + P0' V0_R (P0' = P0 scaled to m1).
 // V is the first 512 dims of the same K tile, read MN-major. Each stage's 9 (or 8) 64-dim chunks
 // have their own full barrier, so S starts on the first chunk that lands; a stage is released in
-// two groups (each warpgroup's V half, the other half together with the RoPE chunk), and the
-// producers refill each group as soon as it is free. For d_qk = 576 the P tile of a block is
+// two groups (each warpgroup's V half, the other half together with the RoPE chunk), and each
+// group is refilled with the stage's next block by the warpgroup that used it last, as soon as
+// its wgmma have completed. For d_qk = 576 the P tile of a block is
 // written into the block's RoPE chunk once S is done with it (the whole budget is 227 KB).
 #pragma once
 
@@ -30,7 +31,49 @@
 
 namespace openmla::sm90::dense_decode_detail {
 
-inline constexpr int kThreads = 384;  // 2 consumer warpgroups + 1 producer warpgroup
+// Phase timers for development builds (-DOPENMLA_DECODE_PROFILE): thread 0 of each consumer
+// warpgroup of CTA (0, 0, 0) sums clock64 cycles per phase and prints them once per launch.
+#if defined(OPENMLA_DECODE_PROFILE)
+#define OPENMLA_PROF_INIT                    \
+  long long prof_acc[8] = {};                \
+  long long prof_pairs = 0;                  \
+  long long prof_t = clock64();              \
+  const long long prof_t0 = prof_t
+#define OPENMLA_PROF_MARK(k)                 \
+  do {                                       \
+    const long long t_ = clock64();          \
+    prof_acc[k] += t_ - prof_t;              \
+    prof_t = t_;                             \
+  } while (0)
+#define OPENMLA_PROF_PAIR() ++prof_pairs
+// (printf inside the kernel would make ptxas serialize its wgmma: the counters go to a global
+// array, printed by dense_decode_prof_print launched right after the kernel.)
+__device__ long long g_decode_prof[2][10];
+#define OPENMLA_PROF_PRINT()                                                            \
+  if (wl == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) {               \
+    for (int k_ = 0; k_ < 8; ++k_) g_decode_prof[wg][k_] = prof_acc[k_];               \
+    g_decode_prof[wg][8] = prof_pairs;                                                  \
+    g_decode_prof[wg][9] = clock64() - prof_t0;                                         \
+  }
+__global__ void dense_decode_prof_print() {
+  for (int w = 0; w < 2; ++w) {
+    const long long* a = g_decode_prof[w];
+    printf("decode-prof wg %d pairs %lld cycles %lld | %lld %lld(+%lld) %lld %lld %lld | s-waits %lld\n",
+           w, a[8], a[9], a[0], a[6], a[1], a[2], a[3], a[4], a[5]);
+  }
+}
+#define OPENMLA_PROF_WAIT_BEGIN const long long tw_ = clock64()
+#define OPENMLA_PROF_WAIT_END prof_acc[5] += clock64() - tw_
+#else
+#define OPENMLA_PROF_INIT
+#define OPENMLA_PROF_MARK(k)
+#define OPENMLA_PROF_PAIR()
+#define OPENMLA_PROF_PRINT()
+#define OPENMLA_PROF_WAIT_BEGIN
+#define OPENMLA_PROF_WAIT_END
+#endif
+
+inline constexpr int kThreads = 256;  // 2 warpgroups
 inline constexpr int kConsumerThreads = 256;
 inline constexpr int kChunkBytes = 64 * 128;  // 64 rows x 64 elements x 2 bytes, one swizzle tile
 // Named barriers (id 0 is __syncthreads).
@@ -54,8 +97,8 @@ struct Smem {
   static constexpr int kM0 = kRed;          // float [64]
   static constexpr int kM1 = kRed + 256;    // float [64]
   static constexpr int kSum = kRed + 512;   // float [2][64]
-  static constexpr int kBars = kRed + 1024;  // uint64 full[2][9], empty[4]
-  static constexpr int kBytes = kBars + 24 * 8;
+  static constexpr int kBars = kRed + 1024;  // uint64 full[2][9]
+  static constexpr int kBytes = kBars + 18 * 8;
   static constexpr int kAlloc = kBytes + 1024;  // + alignment slack for the 1024-B atoms
   static_assert(kAlloc <= 227 * 1024, "shared memory budget");
   __host__ __device__ static constexpr int p_tile(int stage) {
@@ -222,6 +265,42 @@ __device__ __forceinline__ void zero_v_tail(uint8_t* stage_base, int valid, int 
   fence_proxy_async();
 }
 
+// Issues the TMA loads of chunks [i0, i1) (load order) of block `blk` of segment `s` into
+// `stage`, each chunk completing on its own full barrier. Called by all 128 threads of a
+// warpgroup without branching (predicated instructions only: a divergent path next to wgmma makes
+// ptxas serialize them): thread 0 arms the barriers, thread j issues box j (one box per run of
+// gcd(page_size, 64) tokens of one page). The transaction count may briefly go negative when a
+// box lands before its barrier is armed, which mbarriers allow. Only block-table entries of
+// tokens < len are read; an index past the table, or a page out of range, becomes an
+// out-of-bounds TMA box, which the copy engine fills with zeros.
+template <int kChunks>
+__device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
+                                            const CUtensorMap* kmap, uint8_t* stage_base,
+                                            uint64_t* stage_full, int stage, const Segment& s,
+                                            int blk, int i0, int i1, int hk, int wl,
+                                            uint64_t policy) {
+  const int box = p.box_tokens;
+  const int tok0 = blk * 64;
+  const int nbox = (min(64, s.len - tok0) + box - 1) / box;
+  const int t = tok0 + wl * box;
+  const int page_idx = t / p.page_size;
+  const bool issue = wl < nbox;
+  const bool in_table = issue && page_idx < p.max_pages;
+  const int32_t* entry = p.block_table + static_cast<int64_t>(s.req) * p.bt_stride +
+                         (in_table ? page_idx : 0);
+  const int page = ld_pred(entry, in_table, -1);
+  const int in_page = t % p.page_size;
+  const uint32_t bytes = static_cast<uint32_t>(nbox * box * 128);
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) {
+    if (i < i0 || i >= i1) continue;
+    const int c = chunk_at(stage, i);
+    mbar_arrive_expect_tx_pred(&stage_full[c], bytes, wl == 0);
+    tma_load_4d_pred(stage_base + c * kChunkBytes + wl * box * 128, kmap, &stage_full[c], c * 64,
+                     hk, in_page, page, policy, issue);
+  }
+}
+
 template <int kChunks, bool kFp16>
 __global__ void __launch_bounds__(kThreads, 1)
     dense_decode_kernel(const __grid_constant__ CUtensorMap kmap, const DenseDecodeKernelParams p) {
@@ -231,101 +310,97 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* smem =
       reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBars);  // [2][9]
-  uint64_t* empty_own = full + 18;                                 // [2]: owner's V half
-  uint64_t* empty_oth = full + 20;                                 // [2]: other half + RoPE
   float* s_m0 = reinterpret_cast<float*>(smem + L::kM0);
   float* s_m1 = reinterpret_cast<float*>(smem + L::kM1);
   float* s_sum = reinterpret_cast<float*>(smem + L::kSum);
 
   const int m_block = blockIdx.x, hk = blockIdx.y, part = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  // Warpgroup index broadcast from lane 0: ptxas then knows the wgmma branches below are uniform.
+  const int wg = __shfl_sync(0xffffffff, warp / 4, 0);
+  const int wl = tid % 128;  // thread within warpgroup
 
   if (tid == 0) {
+    tma_prefetch_desc(&kmap);
     for (int i = 0; i < 18; ++i) mbar_init(&full[i], 1);
-    for (int i = 0; i < 4; ++i) mbar_init(&empty_own[i], 4);  // one arrival per releasing warp
     mbar_fence_init();
   }
   __syncthreads();
 
-  if (warp >= 8) {
-    // ------------------------------- producers -------------------------------
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    if (warp > 9) return;
-    const int stage = warp - 8;
-    if (lane == 0) tma_prefetch_desc(&kmap);
-    const int box = p.box_tokens;
-    int fills = 0;
-    for_each_segment(p, part, [&](const Segment& s) {
-      const int32_t* bt = p.block_table + static_cast<int64_t>(s.req) * p.bt_stride;
-      for (int blk = s.blk_lo + stage; blk < s.blk_hi; blk += 2, ++fills) {
-        const int tok0 = blk * 64;
-        const int valid = min(64, s.len - tok0);
-        const int nbox = (valid + box - 1) / box;
-        uint8_t* dst = smem + L::kK + stage * L::kStage;
-#pragma unroll 1
-        for (int i = 0; i < kChunks; ++i) {
-          const int c = chunk_at(stage, i);
-          if (fills > 0 && (i == 0 || i == 4))
-            mbar_wait(i == 0 ? &empty_own[stage] : &empty_oth[stage], (fills - 1) & 1);
-          uint64_t* bar = &full[stage * 9 + c];
-          if (lane == 0) mbar_arrive_expect_tx(bar, static_cast<uint32_t>(nbox * box * 128));
-          __syncwarp();
-#pragma unroll 1
-          for (int j = lane; j < nbox; j += 32) {
-            const int t = tok0 + j * box;
-            // Only entries of tokens < len are read; an index past the table, or a page out of
-            // range, becomes an out-of-bounds TMA box, which the copy engine fills with zeros.
-            const int page_idx = t / p.page_size;
-            const int page = page_idx < p.max_pages ? bt[page_idx] : -1;
-            tma_load_4d(dst + c * kChunkBytes + j * box * 128, &kmap, bar, c * 64, hk,
-                        t % p.page_size, page);
-          }
-        }
-      }
-    });
-    return;
-  }
-
-  // ------------------------------- consumers -------------------------------
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-  // Warpgroup index broadcast from lane 0: ptxas then knows the wgmma branches below are uniform.
-  const int wg = __shfl_sync(0xffffffff, warp / 4, 0);
-  const int wl = tid % 128;  // thread within warpgroup
+  // Each block is read by the m_blocks CTAs of its request at about the same time, then never
+  // again: let L2 evict it first.
+  const uint64_t policy = l2_policy_evict_first();
   Rows rw;
   rw.r0 = (wl / 32) * 16 + lane / 4;
   rw.cq = 2 * (lane % 4);
   const uint32_t s_q_addr = smem_addr(smem + L::kQ);
   const uint32_t s_k_addr = smem_addr(smem + L::kK);
   const float sl2 = p.scale_log2;
+  auto load = [&](int stage, const Segment& s, int blk, int i0, int i1) {
+    load_chunks<kChunks>(p, &kmap, smem + L::kK + stage * L::kStage, full + stage * 9, stage, s,
+                         blk, i0, i1, hk, wl, policy);
+  };
+  // Descriptors are a per-use opaque base plus a constant byte offset (the start-address field is
+  // addr >> 4 in the low bits, and no tile crosses 256 KB): otherwise the compiler hoists all ~50
+  // distinct 64-bit descriptors out of the loop and keeps them in registers.
+  const uint64_t q_base = make_desc_sw128(s_q_addr, 16, 1024);
+  const uint64_t k_base = make_desc_sw128(s_k_addr, 16, 1024);
+  const uint64_t v_base = make_desc_sw128(s_k_addr, kChunkBytes, 1024);
+  const uint64_t p_base = make_desc_sw128(smem_addr(smem + L::p_tile(0)), 16, 1024);
+  auto at = [](uint64_t base, uint32_t bytes) { return opaque(base) + (bytes >> 4); };
   auto k_desc = [&](int stage, int c, int kk) {  // S operand B: K rows, K-major
-    return make_desc_sw128(s_k_addr + stage * L::kStage + c * kChunkBytes + kk * 32, 16, 1024);
+    return at(k_base, stage * L::kStage + c * kChunkBytes + kk * 32);
   };
   auto v_desc = [&](int stage, int half, int kk) {  // P V operand B: V, MN-major, 256 columns
-    return make_desc_sw128(s_k_addr + stage * L::kStage + half * 4 * kChunkBytes + kk * 16 * 128,
-                           kChunkBytes, 1024);
+    return at(v_base, stage * L::kStage + half * 4 * kChunkBytes + kk * 16 * 128);
   };
   auto p_desc = [&](int stage, int kk) {
-    return make_desc_sw128(smem_addr(smem + L::p_tile(stage)) + kk * 32, 16, 1024);
+    return at(p_base, L::p_tile(stage) - L::p_tile(0) + kk * 32);
   };
-  // S = Q K^T of the block in `stage` (all 64 tokens), chunks in load order.
-  auto compute_s = [&](float(&sc)[32], int stage, uint32_t parity) {
-    wgmma_fence();
+  OPENMLA_PROF_INIT;
+  // S = Q K^T of the block in `stage`: issues the wgmma of chunks [i0, i1) (load order), each once
+  // its TMA has landed; the caller fences, commits and waits.
+  auto issue_s = [&](float(&sc)[32], int stage, uint32_t parity, int i0, int i1) {
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
+      if (i < i0 || i >= i1) continue;
       const int c = chunk_at(stage, i);
-      mbar_wait(&full[stage * 9 + c], parity);
+      {
+        OPENMLA_PROF_WAIT_BEGIN;
+        mbar_wait(&full[stage * 9 + c], parity);
+        OPENMLA_PROF_WAIT_END;
+      }
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
-        mma_s<kFp16>(sc, make_desc_sw128(s_q_addr + c * kChunkBytes + kk * 32, 16, 1024),
-                     k_desc(stage, c, kk), (i | kk) != 0);
+        mma_s<kFp16>(sc, at(q_base, c * kChunkBytes + kk * 32), k_desc(stage, c, kk),
+                     (i | kk) != 0);
     }
+  };
+  auto compute_s = [&](float(&sc)[32], int stage, uint32_t parity) {
+    wgmma_fence();
+    issue_s(sc, stage, parity, 0, kChunks);
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(sc);
   };
 
-  int fills0 = 0, fills1 = 0;
-  for_each_segment(p, part, [&](const Segment& s) {
+  int fills0 = 0, fills1 = 0;  // completed fills of each stage (full-barrier parities)
+  for_each_segment(p, part, [&](const Segment& seg) {
+    // Broadcast from lane 0: values loaded from memory are not known to be warp-uniform, and
+    // ptxas serializes wgmma under branches it cannot prove uniform.
+    Segment s;
+    s.req = __shfl_sync(0xffffffff, seg.req, 0);
+    s.len = __shfl_sync(0xffffffff, seg.len, 0);
+    s.blk_lo = __shfl_sync(0xffffffff, seg.blk_lo, 0);
+    s.blk_hi = __shfl_sync(0xffffffff, seg.blk_hi, 0);
+    s.split = __shfl_sync(0xffffffff, seg.split, 0);
+    // First pair of this segment: both stages are free (end-of-segment barrier below).
+    if (s.blk_lo < s.blk_hi) {
+      if (wg == 0)
+        load(0, s, s.blk_lo, 0, kChunks);
+      else if (s.blk_lo + 1 < s.blk_hi)
+        load(1, s, s.blk_lo + 1, 0, kChunks);
+    }
     // ---- Q tile: rows (s, g) of this KV head, zero-padded to 64, into swizzled chunks ----
     {
       const Elem* q = static_cast<const Elem*>(p.q);
@@ -363,17 +438,22 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < 128; ++i) o[i] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY};  // running max (raw scores), the same in both warpgroups
     float l[2] = {0.0f, 0.0f};            // this warpgroup's share of the row sums, at max m
+    float sc[32];  // S of this warpgroup's block (warpgroup 0: issued during the previous pair)
 
     for (int blk = s.blk_lo; blk < s.blk_hi; blk += 2) {
       const bool has1 = blk + 1 < s.blk_hi;
+      const bool next0 = blk + 2 < s.blk_hi, next1 = blk + 3 < s.blk_hi;
       const uint32_t par0 = fills0 & 1, par1 = fills1 & 1;
-      float sc[32];
       uint32_t pa[16];
       float mx[2], rs[2], m0[2], m1[2], f0[2], f1[2];
       if (wg == 0) {
-        // ===== warpgroup 0: block b0 (stage 0) =====
+        // ===== warpgroup 0: block b0 = blk (stage 0) =====
         const int tok0 = blk * 64;
-        compute_s(sc, 0, par0);
+        OPENMLA_PROF_MARK(4);
+        OPENMLA_PROF_PAIR();
+        // Later pairs' S0 was issued behind the previous pair's P V (end of this branch).
+        if (blk == s.blk_lo) compute_s(sc, 0, par0);
+        OPENMLA_PROF_MARK(0);
         mask_rowmax(sc, rw, tok0, limit, mx);
 #pragma unroll
         for (int i = 0; i < 2; ++i) m0[i] = fmaxf(m[i], mx[i]);
@@ -395,6 +475,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           zero_v_tail(smem + L::kK, valid0, wl);
           named_barrier(kBarWg0, 128);
         }
+        OPENMLA_PROF_MARK(6);
         // O_L += P0 V0_L, P0 from registers
         wgmma_fence();
 #pragma unroll
@@ -403,8 +484,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           mma_pv_rs<kFp16>(o, a, v_desc(0, 0, kk));
         }
         wgmma_commit();
+        OPENMLA_PROF_MARK(1);
         // wait for m1 (and P1), hand P0 (scaled to m1) to warpgroup 1
         named_barrier(kBarM1, kConsumerThreads);
+        OPENMLA_PROF_MARK(2);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           m1[i] = s_m1[rw.r0 + 8 * i];
@@ -418,9 +501,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
-        if (lane == 0) mbar_arrive(&empty_own[0]);
+        if (next0) load(0, s, blk + 2, 0, 4);  // V0_L is free: refill it
+        OPENMLA_PROF_MARK(3);
+        // O_L = O_L * e^(m0 - m1) + P1 V1_L, then the next pair's S0 (its first four chunks were
+        // requested above). Issuing that S while P1 V1_L is still in flight makes ptxas
+        // serialize every wgmma of the kernel (C7515), so it waits for P1 V1_L first.
+        const uint32_t par0n = (fills0 + 1) & 1;
         if (has1) {
-          // O_L = O_L * e^(m0 - m1) + P1 V1_L
           scale_o(o, f1);
 #pragma unroll
           for (int c = 0; c < 4; ++c) mbar_wait(&full[9 + c], par1);
@@ -430,17 +517,29 @@ __global__ void __launch_bounds__(kThreads, 1)
           wgmma_commit();
           wgmma_wait<0>();
           fence_regs(o);
-          if (lane == 0) mbar_arrive(&empty_oth[1]);
+          // V1_L and P1 (RoPE chunk) are free: refill them with stage 1's next block
+          if (next1) load(1, s, blk + 3, 4, kChunks);
+        }
+        if (next0) {
+          wgmma_fence();
+          issue_s(sc, 0, par0n, 0, kChunks);
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_regs(sc);
         }
       } else {
-        // ===== warpgroup 1: block b1 (stage 1), if any =====
+        // ===== warpgroup 1: block b1 = blk + 1 (stage 1), if any =====
         const int tok1 = (blk + 1) * 64;
         mx[0] = mx[1] = -INFINITY;
+        OPENMLA_PROF_MARK(4);
+        OPENMLA_PROF_PAIR();
         if (has1) {
           compute_s(sc, 1, par1);
           mask_rowmax(sc, rw, tok1, limit, mx);
         }
+        OPENMLA_PROF_MARK(0);
         named_barrier(kBarM0, kConsumerThreads);
+        OPENMLA_PROF_MARK(1);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           m0[i] = s_m0[rw.r0 + 8 * i];
@@ -470,6 +569,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         scale_o(o, f0);
         if (has1) {
           if (valid1 < 64) named_barrier(kBarWg1, 128);
+          OPENMLA_PROF_MARK(6);
           // O_R += P1 V1_R, P1 from registers
           wgmma_fence();
 #pragma unroll
@@ -479,26 +579,30 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
           wgmma_commit();
         }
+        OPENMLA_PROF_MARK(2);
         // O_R += P0' V0_R (P0 already scaled to m1 by warpgroup 0)
         named_barrier(kBarP0, kConsumerThreads);
+        OPENMLA_PROF_MARK(3);
 #pragma unroll
         for (int c = 4; c < 8; ++c) mbar_wait(&full[c], par0);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) mma_pv<kFp16>(o, p_desc(0, kk), v_desc(0, 1, kk));
         wgmma_commit();
+        if (has1) {  // P1 V1_R done: V1_R is free, refill it with stage 1's next block
+          wgmma_wait<1>();
+          fence_regs(pa);
+          if (next1) load(1, s, blk + 3, 0, 4);
+        }
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
-        if (lane == 0) {
-          mbar_arrive(&empty_oth[0]);
-          if (has1) mbar_arrive(&empty_own[1]);
-        }
+        // V0_R and P0 (RoPE chunk) are free
+        if (next0) load(0, s, blk + 2, 4, kChunks);
       }
       ++fills0;
       if (has1) ++fills1;
     }
-
     // ---- epilogue: total row sums across both warpgroups, normalize, store ----
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -545,6 +649,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // is rewritten only after this barrier, when both warpgroups are done with all wgmma.
     named_barrier(kBarConsumers, kConsumerThreads);
   });
+  OPENMLA_PROF_PRINT();
 }
 
 }  // namespace openmla::sm90::dense_decode_detail

@@ -37,6 +37,9 @@ void launch(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 grid
   }
   kernel<<<grid, kThreads, Smem<kChunks>::kAlloc, stream>>>(map, kp);
   OPENMLA_CUDA_CHECK_LAUNCH();
+#if defined(OPENMLA_DECODE_PROFILE)
+  dense_decode_prof_print<<<1, 1, 0, stream>>>();
+#endif
 }
 
 }  // namespace
