@@ -76,12 +76,12 @@ __global__ void dense_decode_prof_print() {
 inline constexpr int kThreads = 256;  // 2 warpgroups
 inline constexpr int kConsumerThreads = 256;
 inline constexpr int kChunkBytes = 64 * 128;  // 64 rows x 64 elements x 2 bytes, one swizzle tile
-// Named barriers (id 0 is __syncthreads).
+// Named barriers (id 0 is __syncthreads, used where the whole CTA meets).
 enum : int {
-  kBarConsumers = 1,  // all 256 consumer threads
   kBarM0 = 2,         // wg 0 -> wg 1: m0 published
   kBarP0 = 3,         // wg 0 -> wg 1: scaled P0 stored
-  kBarM1 = 4,         // wg 1 -> wg 0: m1 published and P1 stored
+  kBarM1 = 4,         // wg 1 -> wg 0: m1 published
+  kBarP1 = 7,         // wg 1 -> wg 0: P1 stored
   kBarWg0 = 5,        // the 128 threads of one warpgroup (zeroed V rows before its own wgmma)
   kBarWg1 = 6,
 };
@@ -94,10 +94,10 @@ struct Smem {
   static constexpr int kStage = kChunks * kChunkBytes;
   static constexpr int kPSep = kK + 2 * kStage;  // separate P tiles [2] (d_qk = 512 only)
   static constexpr int kRed = kPSep + (kPInRope ? 0 : 2 * kChunkBytes);
-  static constexpr int kM0 = kRed;          // float [64]
-  static constexpr int kM1 = kRed + 256;    // float [64]
-  static constexpr int kSum = kRed + 512;   // float [2][64]
-  static constexpr int kBars = kRed + 1024;  // uint64 full[2][9]
+  static constexpr int kM0 = kRed;           // float [2][64] (by pair parity)
+  static constexpr int kM1 = kRed + 512;     // float [2][64]
+  static constexpr int kSum = kRed + 1024;   // float [2][64]
+  static constexpr int kBars = kRed + 1536;  // uint64 full[2][9]
   static constexpr int kBytes = kBars + 18 * 8;
   static constexpr int kAlloc = kBytes + 1024;  // + alignment slack for the 1024-B atoms
   static_assert(kAlloc <= 227 * 1024, "shared memory budget");
@@ -199,10 +199,17 @@ __device__ __forceinline__ void mask_rowmax(float (&sc)[32], const Rows& rw, int
   }
 }
 
+// 2^x with the hardware approximation (flush-to-zero: the results feed bf16/fp16 P and fp32 sums).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // exp(a - b) in the log2 domain for running maxima that may still be -inf (then 1: nothing to
 // rescale yet).
 __device__ __forceinline__ float rescale(float m_old, float m_new, float sl2) {
-  return m_new == -INFINITY ? 1.0f : exp2f((m_old - m_new) * sl2);
+  return m_new == -INFINITY ? 1.0f : fast_exp2((m_old - m_new) * sl2);
 }
 
 // P = exp2(S * sl2 - m * sl2) in place; returns the row sums (full rows: reduced over 4 threads
@@ -216,7 +223,7 @@ __device__ __forceinline__ void exponentiate(float (&sc)[32], const float (&m)[2
 #pragma unroll
   for (int k = 0; k < 32; ++k) {
     const int i = (k % 4) / 2;
-    sc[k] = exp2f(sc[k] * sl2 - base[i]);
+    sc[k] = fast_exp2(fmaf(sc[k], sl2, -base[i]));
     rs[i] += sc[k];
   }
 }
@@ -420,7 +427,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                   ((unit ^ (r & 7)) << 4)) = v;
       }
       fence_proxy_async();
-      named_barrier(kBarConsumers, kConsumerThreads);
+      __syncthreads();
     }
 
     // Per-row token limits (exclusive) for rows r0 and r0 + 8.
@@ -441,6 +448,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     float sc[32];  // S of this warpgroup's block (warpgroup 0: issued during the previous pair)
 
     for (int blk = s.blk_lo; blk < s.blk_hi; blk += 2) {
+      // Row maxima are handed over in buffers that alternate by pair, so a value is never
+      // rewritten while the previous pair's reader may still be reading it.
+      float* m0_buf = s_m0 + 64 * (fills0 & 1);
+      float* m1_buf = s_m1 + 64 * (fills0 & 1);
       const bool has1 = blk + 1 < s.blk_hi;
       const bool next0 = blk + 2 < s.blk_hi, next1 = blk + 3 < s.blk_hi;
       const uint32_t par0 = fills0 & 1, par1 = fills1 & 1;
@@ -458,8 +469,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int i = 0; i < 2; ++i) m0[i] = fmaxf(m[i], mx[i]);
         if (lane % 4 == 0) {
-          s_m0[rw.r0] = m0[0];
-          s_m0[rw.r0 + 8] = m0[1];
+          m0_buf[rw.r0] = m0[0];
+          m0_buf[rw.r0 + 8] = m0[1];
         }
         named_barrier_arrive(kBarM0, kConsumerThreads);
         exponentiate(sc, m0, sl2, rs);
@@ -485,12 +496,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         wgmma_commit();
         OPENMLA_PROF_MARK(1);
-        // wait for m1 (and P1), hand P0 (scaled to m1) to warpgroup 1
+        // wait for m1, hand P0 (scaled to m1) to warpgroup 1
         named_barrier(kBarM1, kConsumerThreads);
         OPENMLA_PROF_MARK(2);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          m1[i] = s_m1[rw.r0 + 8 * i];
+          m1[i] = m1_buf[rw.r0 + 8 * i];
           f1[i] = rescale(m0[i], m1[i], sl2);
           l[i] *= f1[i];
           m[i] = m1[i];
@@ -507,6 +518,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // requested above). Issuing that S while P1 V1_L is still in flight makes ptxas
         // serialize every wgmma of the kernel (C7515), so it waits for P1 V1_L first.
         const uint32_t par0n = (fills0 + 1) & 1;
+        named_barrier(kBarP1, kConsumerThreads);
         if (has1) {
           scale_o(o, f1);
 #pragma unroll
@@ -542,35 +554,35 @@ __global__ void __launch_bounds__(kThreads, 1)
         OPENMLA_PROF_MARK(1);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-          m0[i] = s_m0[rw.r0 + 8 * i];
+          m0[i] = m0_buf[rw.r0 + 8 * i];
           m1[i] = fmaxf(m0[i], mx[i]);
           f0[i] = rescale(m[i], m0[i], sl2) * rescale(m0[i], m1[i], sl2);  // e^(m - m1)
           m[i] = m1[i];
         }
         if (lane % 4 == 0) {
-          s_m1[rw.r0] = m1[0];
-          s_m1[rw.r0 + 8] = m1[1];
+          m1_buf[rw.r0] = m1[0];
+          m1_buf[rw.r0 + 8] = m1[1];
         }
+        named_barrier_arrive(kBarM1, kConsumerThreads);  // warpgroup 0 can rescale and store P0
         rs[0] = rs[1] = 0.0f;
 #pragma unroll
         for (int k = 0; k < 16; ++k) pa[k] = 0u;
         const int valid1 = min(64, s.len - tok1);
         if (has1) {
           exponentiate(sc, m1, sl2, rs);
-          const float one[2] = {1.0f, 1.0f};
-          store_p<Elem>(smem + L::p_tile(1), sc, one, rw);
           pack_a<Elem>(sc, pa);
-          if (valid1 < 64) zero_v_tail(smem + L::kK + L::kStage, valid1, wl);
-          fence_proxy_async();
         }
-        named_barrier_arrive(kBarM1, kConsumerThreads);
 #pragma unroll
         for (int i = 0; i < 2; ++i) l[i] = l[i] * f0[i] + rs[i];
         scale_o(o, f0);
         if (has1) {
-          if (valid1 < 64) named_barrier(kBarWg1, 128);
+          if (valid1 < 64) {
+            zero_v_tail(smem + L::kK + L::kStage, valid1, wl);
+            named_barrier(kBarWg1, 128);
+          }
           OPENMLA_PROF_MARK(6);
-          // O_R += P1 V1_R, P1 from registers
+          // O_R += P1 V1_R, P1 from registers; the copy of P1 for warpgroup 0 is stored while
+          // it runs.
           wgmma_fence();
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk) {
@@ -578,7 +590,11 @@ __global__ void __launch_bounds__(kThreads, 1)
             mma_pv_rs<kFp16>(o, a, v_desc(1, 1, kk));
           }
           wgmma_commit();
+          const float one[2] = {1.0f, 1.0f};
+          store_p<Elem>(smem + L::p_tile(1), sc, one, rw);
+          fence_proxy_async();
         }
+        named_barrier_arrive(kBarP1, kConsumerThreads);
         OPENMLA_PROF_MARK(2);
         // O_R += P0' V0_R (P0 already scaled to m1 by warpgroup 0)
         named_barrier(kBarP0, kConsumerThreads);
@@ -613,7 +629,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       s_sum[wg * 64 + rw.r0] = l[0];
       s_sum[wg * 64 + rw.r0 + 8] = l[1];
     }
-    named_barrier(kBarConsumers, kConsumerThreads);
+    __syncthreads();
     const int nsplit = p.plan.num_splits[s.req];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -647,7 +663,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     // s_sum is rewritten by the next segment's epilogue only after its own barriers; the Q tile
     // is rewritten only after this barrier, when both warpgroups are done with all wgmma.
-    named_barrier(kBarConsumers, kConsumerThreads);
+    __syncthreads();
   });
   OPENMLA_PROF_PRINT();
 }
