@@ -12,6 +12,18 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// ---- programmatic dependent launch (no-ops when the kernel was launched without it) ----
+// Blocks until every grid this one depends on has completed and its memory is visible: call it
+// before the first global read or write of anything another kernel produces or consumes.
+__device__ __forceinline__ void grid_dependency_wait() {
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+// Lets the next kernel in the stream (launched with PDL) start its prologue now; it still waits
+// for this grid to finish in its own grid_dependency_wait.
+__device__ __forceinline__ void grid_launch_dependents() {
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
 // ---- mbarrier ----
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count));
@@ -77,10 +89,11 @@ __device__ __forceinline__ void mbar_arrive_expect_tx_pred(uint64_t* bar, uint32
       : "memory");
 }
 // Predicated 32-bit global load: `fallback` when `pred` is false (the address is not touched).
+// Deliberately not .nc: ptxas may hoist non-coherent loads above griddepcontrol.wait.
 __device__ __forceinline__ int ld_pred(const int32_t* ptr, bool pred, int fallback) {
   int v = fallback;
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n@p ld.global.nc.b32 %0, [%1];\n}"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n@p ld.global.b32 %0, [%1];\n}"
       : "+r"(v)
       : "l"(ptr), "r"(static_cast<int>(pred)));
   return v;

@@ -333,6 +333,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_fence_init();
   }
   __syncthreads();
+  // With PDL everything above would overlap the previous kernel's tail; the plan, q and the cache
+  // may be written by it. (The kernel is launched without PDL for now: a no-op.)
+  grid_dependency_wait();
 
   // Each block is read by the m_blocks CTAs of its request at about the same time, then never
   // again: let L2 evict it first.
@@ -665,6 +668,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // is rewritten only after this barrier, when both warpgroups are done with all wgmma.
     __syncthreads();
   });
+  // The combine kernel (PDL) may be scheduled from here on; it waits for this grid to finish.
+  grid_launch_dependents();
   OPENMLA_PROF_PRINT();
 }
 

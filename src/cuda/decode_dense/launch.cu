@@ -3,6 +3,7 @@
 
 #include "backend.h"
 #include "cuda/common/cuda_check.h"
+#include "cuda/common/launch.h"
 #include "cuda/common/tma.h"
 #include "cuda/decode_dense/kernel.cuh"
 #include "cuda/schedule/plan.h"
@@ -35,8 +36,7 @@ void launch(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 grid
                                             Smem<kChunks>::kAlloc));
     configured = true;
   }
-  kernel<<<grid, kThreads, Smem<kChunks>::kAlloc, stream>>>(map, kp);
-  OPENMLA_CUDA_CHECK_LAUNCH();
+  launch_pdl(false, kernel, grid, dim3(kThreads), Smem<kChunks>::kAlloc, stream, map, kp);
 #if defined(OPENMLA_DECODE_PROFILE)
   dense_decode_prof_print<<<1, 1, 0, stream>>>();
 #endif

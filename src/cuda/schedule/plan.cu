@@ -7,6 +7,8 @@
 #include <cmath>
 
 #include "cuda/common/cuda_check.h"
+#include "cuda/common/launch.h"
+#include "cuda/common/ptx.cuh"
 #include "cuda/schedule/plan.h"
 
 namespace openmla::sm90 {
@@ -27,6 +29,10 @@ __global__ void __launch_bounds__(kPlannerThreads)
                    int batch_invariant, PlanBuffers buf) {
   __shared__ int nblk_s[kPlannerSmemBatch];
   __shared__ long long partial[kPlannerThreads / 32];
+  // (No-ops while the planner is launched without PDL; kept so that it stays correct with it:
+  // cache_seqlens may come from the previous kernel, which may also still read the plan.)
+  grid_dependency_wait();
+  grid_launch_dependents();
   const bool staged = batch <= kPlannerSmemBatch;
   auto blocks_of = [&](int i) {
     if (staged) return nblk_s[i];
@@ -128,6 +134,7 @@ constexpr int kMaxPieces = 1024;  // >= 2 * parts for any GPU this runs on (chec
 
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKernelParams p) {
   const int req = blockIdx.x, row = blockIdx.y, hk = blockIdx.z;
+  grid_dependency_wait();  // the attention kernel's partial results
   const int n = p.plan.num_splits[req];
   if (n <= 1) return;
   __shared__ float w_s[kMaxPieces];
@@ -252,18 +259,16 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
     throw Error("plan",
                 "sparse decode plans are not implemented on CUDA yet (sparse decode issue)");
   if (impl.config.batch == 0) return;
-  planner_kernel<<<1, kPlannerThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      static_cast<const int32_t*>(cache_seqlens.data), cache_seqlens.strides[0], impl.config.batch,
-      impl.config.batch_invariant ? 1 : 0, st->buf);
-  OPENMLA_CUDA_CHECK_LAUNCH();
+  launch_pdl(false, planner_kernel, dim3(1), dim3(kPlannerThreads), 0, static_cast<cudaStream_t>(stream),
+             static_cast<const int32_t*>(cache_seqlens.data), cache_seqlens.strides[0],
+             impl.config.batch, impl.config.batch_invariant ? 1 : 0, st->buf);
   st->updated = true;
 }
 
 void launch_combine(const DenseDecodeKernelParams& p, cudaStream_t stream) {
   if (p.plan.num_parts <= 1) return;  // nothing is ever split
   dim3 grid(p.batch, p.rows, p.h_kv);
-  combine_kernel<<<grid, 128, 0, stream>>>(p);
-  OPENMLA_CUDA_CHECK_LAUNCH();
+  launch_pdl(true, combine_kernel, grid, dim3(kCombineThreads), 0, stream, p);
 }
 
 }  // namespace openmla::sm90

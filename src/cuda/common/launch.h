@@ -1,0 +1,46 @@
+// Kernel launch with programmatic dependent launch (PDL): the kernel may be scheduled while the
+// previous kernel in the stream is still finishing, so its launch latency and prologue overlap
+// that kernel's tail. Used for the combine kernel; the planner and the attention kernel are
+// launched plainly (`pdl` false): PDL on the attention kernel made the long compute-bound runs
+// ~9 % slower on the H200 (docs/benchmarks.md). Every kernel launched this way calls grid_dependency_wait() (ptx.cuh) before
+// touching global memory another kernel writes or reads. Works under CUDA-graph capture.
+// OPENMLA_DISABLE_PDL=1 in the environment launches them as plain stream-ordered kernels (for
+// debugging and A/B timing).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "cuda/common/cuda_check.h"
+
+namespace openmla::sm90 {
+
+inline bool pdl_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("OPENMLA_DISABLE_PDL");
+    return v == nullptr || std::strcmp(v, "1") != 0;
+  }();
+  return enabled;
+}
+
+// `pdl` false: a plain launch (the kernel's grid_dependency_wait is then a no-op).
+template <class... KernelArgs, class... Args>
+void launch_pdl(bool pdl, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = pdl && pdl_enabled() ? 1 : 0;
+  OPENMLA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+}  // namespace openmla::sm90
