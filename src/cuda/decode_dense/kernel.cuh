@@ -314,8 +314,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   using Elem = std::conditional_t<kFp16, __half, __nv_bfloat16>;
   using L = Smem<kChunks>;
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem =
-      reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  // Aligned by an offset from the __shared__ array itself (not through an integer round trip), so
+  // the compiler keeps the shared address space: LDS/STS instead of generic LD/ST, which ncu
+  // showed among the top stalls.
+  uint8_t* smem = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBars);  // [2][9]
   float* s_m0 = reinterpret_cast<float*>(smem + L::kM0);
   float* s_m1 = reinterpret_cast<float*>(smem + L::kM1);
@@ -415,20 +417,23 @@ __global__ void __launch_bounds__(kThreads, 1)
     {
       const Elem* q = static_cast<const Elem*>(p.q);
       constexpr int kUnitsPerRow = kChunks * 8;  // 16-byte units
-      for (int u = tid; u < 64 * kUnitsPerRow; u += kConsumerThreads) {
+      // cp.async: all 18 (16) copies of a thread are in flight at once (a load-then-store loop
+      // waited one global latency per row group: ncu showed it among the top stalls). Rows past
+      // the query rows are zero-filled (source size 0).
+      static_assert(64 * kUnitsPerRow % kConsumerThreads == 0, "Q tile split");
+#pragma unroll 1
+      for (int k = 0; k < 64 * kUnitsPerRow / kConsumerThreads; ++k) {
+        const int u = tid + k * kConsumerThreads;
         const int r = u / kUnitsPerRow, cu = u % kUnitsPerRow;
         const int rg = m_block * 64 + r;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (rg < p.rows) {
-          const int sq = rg / p.group, h = hk * p.group + rg % p.group;
-          const Elem* src =
-              q + s.req * p.q_stride_b + sq * p.q_stride_s + h * p.q_stride_h + cu * 8;
-          v = *reinterpret_cast<const uint4*>(src);
-        }
+        const bool valid = rg < p.rows;
+        const int sq = valid ? rg / p.group : 0, h = valid ? hk * p.group + rg % p.group : 0;
+        const Elem* src = q + s.req * p.q_stride_b + sq * p.q_stride_s + h * p.q_stride_h + cu * 8;
         const int chunk = cu / 8, unit = cu % 8;
-        *reinterpret_cast<uint4*>(smem + L::kQ + chunk * kChunkBytes + r * 128 +
-                                  ((unit ^ (r & 7)) << 4)) = v;
+        cp_async_16(smem + L::kQ + chunk * kChunkBytes + r * 128 + ((unit ^ (r & 7)) << 4), src,
+                    valid ? 16 : 0);
       }
+      cp_async_wait_all();
       fence_proxy_async();
       __syncthreads();
     }
