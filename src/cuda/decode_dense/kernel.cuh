@@ -522,31 +522,33 @@ __global__ void __launch_bounds__(kThreads, 1)
         fence_regs(pa);
         if (next0) load(0, s, blk + 2, 0, 4);  // V0_L is free: refill it
         OPENMLA_PROF_MARK(3);
-        // O_L = O_L * e^(m0 - m1) + P1 V1_L, then the next pair's S0 (its first four chunks were
-        // requested above). Issuing that S while P1 V1_L is still in flight makes ptxas
-        // serialize every wgmma of the kernel (C7515), so it waits for P1 V1_L first.
+        // O_L = O_L * e^(m0 - m1) + P1 V1_L, and behind it the next pair's S0: chunks 0-3 (refilled
+        // after P0 V0_L) are issued while P1 V1_L runs, chunks 4-8 once V1_L is refilled.
+        // Commits and waits are unconditional (empty groups where there is nothing to do): with
+        // waits under runtime branches ptxas cannot follow the wgmma pipeline and serializes
+        // every wgmma of the kernel (C7515).
         const uint32_t par0n = (fills0 + 1) & 1;
         named_barrier(kBarP1, kConsumerThreads);
         if (has1) {
           scale_o(o, f1);
 #pragma unroll
           for (int c = 0; c < 4; ++c) mbar_wait(&full[9 + c], par1);
-          wgmma_fence();
+        }
+        wgmma_fence();
+        if (has1) {
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk) mma_pv<kFp16>(o, p_desc(1, kk), v_desc(1, 0, kk));
-          wgmma_commit();
-          wgmma_wait<0>();
-          fence_regs(o);
-          // V1_L and P1 (RoPE chunk) are free: refill them with stage 1's next block
-          if (next1) load(1, s, blk + 3, 4, kChunks);
         }
-        if (next0) {
-          wgmma_fence();
-          issue_s(sc, 0, par0n, 0, kChunks);
-          wgmma_commit();
-          wgmma_wait<0>();
-          fence_regs(sc);
-        }
+        wgmma_commit();  // group A: P1 V1_L
+        if (next0) issue_s(sc, 0, par0n, 0, 4);
+        wgmma_commit();  // group B: next S0, chunks 0-3
+        wgmma_wait<1>();  // A done: V1_L and P1 (RoPE chunk) are free
+        if (has1 && next1) load(1, s, blk + 3, 4, kChunks);
+        if (next0) issue_s(sc, 0, par0n, 4, kChunks);
+        wgmma_commit();  // group C: next S0, chunks 4-8
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs(sc);
       } else {
         // ===== warpgroup 1: block b1 = blk + 1 (stage 1), if any =====
         const int tok1 = (blk + 1) * 64;
@@ -589,15 +591,19 @@ __global__ void __launch_bounds__(kThreads, 1)
             named_barrier(kBarWg1, 128);
           }
           OPENMLA_PROF_MARK(6);
-          // O_R += P1 V1_R, P1 from registers; the copy of P1 for warpgroup 0 is stored while
-          // it runs.
-          wgmma_fence();
+        }
+        // O_R += P1 V1_R, P1 from registers; the copy of P1 for warpgroup 0 is stored while it
+        // runs. (Unconditional commits and waits, see warpgroup 0's tail.)
+        wgmma_fence();
+        if (has1) {
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk) {
             const uint32_t(&a)[4] = *reinterpret_cast<const uint32_t(*)[4]>(&pa[4 * kk]);
             mma_pv_rs<kFp16>(o, a, v_desc(1, 1, kk));
           }
-          wgmma_commit();
+        }
+        wgmma_commit();  // group A: P1 V1_R
+        if (has1) {
           const float one[2] = {1.0f, 1.0f};
           store_p<Elem>(smem + L::p_tile(1), sc, one, rw);
           fence_proxy_async();
@@ -609,15 +615,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         OPENMLA_PROF_MARK(3);
 #pragma unroll
         for (int c = 4; c < 8; ++c) mbar_wait(&full[c], par0);
-        wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) mma_pv<kFp16>(o, p_desc(0, kk), v_desc(0, 1, kk));
-        wgmma_commit();
-        if (has1) {  // P1 V1_R done: V1_R is free, refill it with stage 1's next block
-          wgmma_wait<1>();
-          fence_regs(pa);
-          if (next1) load(1, s, blk + 3, 0, 4);
-        }
+        wgmma_commit();  // group B: P0 V0_R
+        wgmma_wait<1>();  // A done: V1_R is free, refill it with stage 1's next block
+        if (has1 && next1) load(1, s, blk + 3, 0, 4);
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
