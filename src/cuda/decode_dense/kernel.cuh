@@ -2,23 +2,26 @@
 //
 // 256 threads = two warpgroups and no producer warps: a 384-thread CTA caps ptxas at 168
 // registers per thread, too few for O (128) plus S of the next block in flight (32). Each
-// warpgroup issues the TMA refills of the chunks it has just finished with (warp 0 of the group).
+// warpgroup issues the TMA refills of the chunks it has just finished with.
 //
 // "Seesaw" schedule over pairs of 64-token KV blocks (b0 in stage 0, b1 in stage 1). O = [O_L | O_R]
 // (64 x 256 fp32 each) lives in warpgroup 0 / 1. Warpgroup 0 owns b0, warpgroup 1 owns b1; each
 // computes S = Q K^T of its own block over all 64 tokens (wgmma m64n64k16, operands in shared
 // memory). The running row max m is handed along a chain m -> m0 (wg 0, after b0) -> m1 (wg 1,
 // after b1) -> next pair, so one warpgroup's softmax runs while the other's matrix products do:
-//   wg 0: S0; m0 = max(m, rowmax S0); P0 = exp(S0 - m0); O_L = O_L * e^(m - m0) + P0 V0_L (P0 from
-//         registers); wait m1; store P0 * e^(m0 - m1) for wg 1; O_L = O_L * e^(m0 - m1) + P1 V1_L.
-//   wg 1: S1; wait m0; m1 = max(m0, rowmax S1); P1 = exp(S1 - m1), store it for wg 0;
-//         O_R = O_R * e^(m - m1) + P1 V1_R (registers) + P0' V0_R (P0' = P0 scaled to m1).
+//   wg 0: m0 = max(m, rowmax S0); P0 = exp(S0 - m0); O_L = O_L * e^(m - m0) + P0 V0_L (P0 from
+//         registers); wait m1; store P0 * e^(m0 - m1) for wg 1; wait P1;
+//         O_L = O_L * e^(m0 - m1) + P1 V1_L, with S0 of the next pair issued behind it.
+//   wg 1: S1; wait m0; m1 = max(m0, rowmax S1); P1 = exp(S1 - m1);
+//         O_R = O_R * e^(m - m1) + P1 V1_R (registers; P1 is stored for wg 0 meanwhile)
+//         + P0' V0_R (P0' = P0 scaled to m1).
 // V is the first 512 dims of the same K tile, read MN-major. Each stage's 9 (or 8) 64-dim chunks
 // have their own full barrier, so S starts on the first chunk that lands; a stage is released in
 // two groups (each warpgroup's V half, the other half together with the RoPE chunk), and each
 // group is refilled with the stage's next block by the warpgroup that used it last, as soon as
-// its wgmma have completed. For d_qk = 576 the P tile of a block is
-// written into the block's RoPE chunk once S is done with it (the whole budget is 227 KB).
+// its wgmma have completed. For d_qk = 576 the P tile of a block is written into the block's
+// RoPE chunk once S is done with it (the whole budget is 227 KB). Measured history, the rejected
+// variants and the profile of this schedule: docs/benchmarks.md.
 #pragma once
 
 #include <cuda.h>
