@@ -77,7 +77,6 @@ __global__ void dense_decode_prof_print() {
 #endif
 
 inline constexpr int kThreads = 256;  // 2 warpgroups
-inline constexpr int kConsumerThreads = 256;
 inline constexpr int kChunkBytes = 64 * 128;  // 64 rows x 64 elements x 2 bytes, one swizzle tile
 // Named barriers (id 0 is __syncthreads, used where the whole CTA meets).
 enum : int {
@@ -338,9 +337,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_fence_init();
   }
   __syncthreads();
-  // With PDL everything above would overlap the previous kernel's tail; the plan, q and the cache
-  // may be written by it. (The kernel is launched without PDL for now: a no-op.)
-  grid_dependency_wait();
 
   // Each block is read by the m_blocks CTAs of its request at about the same time, then never
   // again: let L2 evict it first.
@@ -356,8 +352,9 @@ __global__ void __launch_bounds__(kThreads, 1)
                          blk, i0, i1, hk, wl, policy);
   };
   // Descriptors are a per-use opaque base plus a constant byte offset (the start-address field is
-  // addr >> 4 in the low bits, and no tile crosses 256 KB): otherwise the compiler hoists all ~50
-  // distinct 64-bit descriptors out of the loop and keeps them in registers.
+  // addr >> 4 in the low bits, and no tile crosses 256 KB), so the compiler rebuilds each one where
+  // it is used instead of keeping ~50 loop-invariant 64-bit values live. (Written while chasing
+  // spills; the spills had another cause, and this form was neither measured faster nor slower.)
   const uint64_t q_base = make_desc_sw128(s_q_addr, 16, 1024);
   const uint64_t k_base = make_desc_sw128(s_k_addr, 16, 1024);
   const uint64_t v_base = make_desc_sw128(s_k_addr, kChunkBytes, 1024);
@@ -371,6 +368,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   auto p_desc = [&](int stage, int kk) {
     return at(p_base, L::p_tile(stage) - L::p_tile(0) + kk * 32);
+  };
+  // O[:, 256 half .. +256] += P V of the block in `stage`, with its P from this warpgroup's
+  // registers (pv_rs: pa is the block's P tile re-packed) or from the stage's P tile (pv_ss).
+  auto pv_rs = [&](float(&o)[128], const uint32_t(&pa)[16], int stage, int half) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint32_t(&a)[4] = *reinterpret_cast<const uint32_t(*)[4]>(&pa[4 * kk]);
+      mma_pv_rs<kFp16>(o, a, v_desc(stage, half, kk));
+    }
+  };
+  auto pv_ss = [&](float(&o)[128], int stage, int half) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) mma_pv<kFp16>(o, p_desc(stage, kk), v_desc(stage, half, kk));
   };
   OPENMLA_PROF_INIT;
   // S = Q K^T of the block in `stage`: issues the wgmma of chunks [i0, i1) (load order), each once
@@ -423,10 +433,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       // cp.async: all 18 (16) copies of a thread are in flight at once (a load-then-store loop
       // waited one global latency per row group: ncu showed it among the top stalls). Rows past
       // the query rows are zero-filled (source size 0).
-      static_assert(64 * kUnitsPerRow % kConsumerThreads == 0, "Q tile split");
+      static_assert(64 * kUnitsPerRow % kThreads == 0, "Q tile split");
 #pragma unroll 1
-      for (int k = 0; k < 64 * kUnitsPerRow / kConsumerThreads; ++k) {
-        const int u = tid + k * kConsumerThreads;
+      for (int k = 0; k < 64 * kUnitsPerRow / kThreads; ++k) {
+        const int u = tid + k * kThreads;
         const int r = u / kUnitsPerRow, cu = u % kUnitsPerRow;
         const int rg = m_block * 64 + r;
         const bool valid = rg < p.rows;
@@ -483,7 +493,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           m0_buf[rw.r0] = m0[0];
           m0_buf[rw.r0 + 8] = m0[1];
         }
-        named_barrier_arrive(kBarM0, kConsumerThreads);
+        named_barrier_arrive(kBarM0, kThreads);
         exponentiate(sc, m0, sl2, rs);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
@@ -500,15 +510,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         OPENMLA_PROF_MARK(6);
         // O_L += P0 V0_L, P0 from registers
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          const uint32_t(&a)[4] = *reinterpret_cast<const uint32_t(*)[4]>(&pa[4 * kk]);
-          mma_pv_rs<kFp16>(o, a, v_desc(0, 0, kk));
-        }
+        pv_rs(o, pa, 0, 0);
         wgmma_commit();
         OPENMLA_PROF_MARK(1);
         // wait for m1, hand P0 (scaled to m1) to warpgroup 1
-        named_barrier(kBarM1, kConsumerThreads);
+        named_barrier(kBarM1, kThreads);
         OPENMLA_PROF_MARK(2);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
@@ -519,7 +525,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         store_p<Elem>(smem + L::p_tile(0), sc, f1, rw);
         fence_proxy_async();
-        named_barrier_arrive(kBarP0, kConsumerThreads);
+        named_barrier_arrive(kBarP0, kThreads);
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
@@ -531,7 +537,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // waits under runtime branches ptxas cannot follow the wgmma pipeline and serializes
         // every wgmma of the kernel (C7515).
         const uint32_t par0n = (fills0 + 1) & 1;
-        named_barrier(kBarP1, kConsumerThreads);
+        named_barrier(kBarP1, kThreads);
         if (has1) {
           scale_o(o, f1);
 #pragma unroll
@@ -539,8 +545,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         wgmma_fence();
         if (has1) {
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk) mma_pv<kFp16>(o, p_desc(1, kk), v_desc(1, 0, kk));
+          pv_ss(o, 1, 0);
         }
         wgmma_commit();  // group A: P1 V1_L
         if (next0) issue_s(sc, 0, par0n, 0, 4);
@@ -563,7 +568,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           mask_rowmax(sc, rw, tok1, limit, mx);
         }
         OPENMLA_PROF_MARK(0);
-        named_barrier(kBarM0, kConsumerThreads);
+        named_barrier(kBarM0, kThreads);
         OPENMLA_PROF_MARK(1);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
@@ -576,7 +581,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           m1_buf[rw.r0] = m1[0];
           m1_buf[rw.r0 + 8] = m1[1];
         }
-        named_barrier_arrive(kBarM1, kConsumerThreads);  // warpgroup 0 can rescale and store P0
+        named_barrier_arrive(kBarM1, kThreads);  // warpgroup 0 can rescale and store P0
         rs[0] = rs[1] = 0.0f;
 #pragma unroll
         for (int k = 0; k < 16; ++k) pa[k] = 0u;
@@ -599,11 +604,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // runs. (Unconditional commits and waits, see warpgroup 0's tail.)
         wgmma_fence();
         if (has1) {
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk) {
-            const uint32_t(&a)[4] = *reinterpret_cast<const uint32_t(*)[4]>(&pa[4 * kk]);
-            mma_pv_rs<kFp16>(o, a, v_desc(1, 1, kk));
-          }
+          pv_rs(o, pa, 1, 1);
         }
         wgmma_commit();  // group A: P1 V1_R
         if (has1) {
@@ -611,15 +612,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           store_p<Elem>(smem + L::p_tile(1), sc, one, rw);
           fence_proxy_async();
         }
-        named_barrier_arrive(kBarP1, kConsumerThreads);
+        named_barrier_arrive(kBarP1, kThreads);
         OPENMLA_PROF_MARK(2);
         // O_R += P0' V0_R (P0 already scaled to m1 by warpgroup 0)
-        named_barrier(kBarP0, kConsumerThreads);
+        named_barrier(kBarP0, kThreads);
         OPENMLA_PROF_MARK(3);
 #pragma unroll
         for (int c = 4; c < 8; ++c) mbar_wait(&full[c], par0);
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) mma_pv<kFp16>(o, p_desc(0, kk), v_desc(0, 1, kk));
+        pv_ss(o, 0, 1);
         wgmma_commit();  // group B: P0 V0_R
         wgmma_wait<1>();  // A done: V1_R is free, refill it with stage 1's next block
         if (has1 && next1) load(1, s, blk + 3, 0, 4);

@@ -29,10 +29,6 @@ __global__ void __launch_bounds__(kPlannerThreads)
                    int batch_invariant, PlanBuffers buf) {
   __shared__ int nblk_s[kPlannerSmemBatch];
   __shared__ long long partial[kPlannerThreads / 32];
-  // (No-ops while the planner is launched without PDL; kept so that it stays correct with it:
-  // cache_seqlens may come from the previous kernel, which may also still read the plan.)
-  grid_dependency_wait();
-  grid_launch_dependents();
   const bool staged = batch <= kPlannerSmemBatch;
   auto blocks_of = [&](int i) {
     if (staged) return nblk_s[i];
