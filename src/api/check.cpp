@@ -210,4 +210,9 @@ void device_pointers(std::initializer_list<Named> tensors) {
 #endif
 }
 
+void device_pointers(std::initializer_list<Named> ins, std::initializer_list<Named> outs) {
+  device_pointers(ins);
+  device_pointers(outs);
+}
+
 }  // namespace openmla::check

@@ -50,5 +50,7 @@ void outputs(std::initializer_list<Named> outs, std::initializer_list<Named> ins
 // pointer or memory of another GPU marked as this device is reported instead of faulting in a
 // kernel. Costs one cudaPointerGetAttributes per tensor (no sync). No-op in a CPU-only build.
 void device_pointers(std::initializer_list<Named> tensors);
+// The same over an operator's inputs, then its outputs (the lists given to `outputs`).
+void device_pointers(std::initializer_list<Named> ins, std::initializer_list<Named> outs);
 
 }  // namespace openmla::check

@@ -193,17 +193,14 @@ static void validate(const DenseDecodeParams& p) {
   want.h_kv = static_cast<int>(h_kv);
   want.d_qk = static_cast<int>(d_qk);
   want.causal = p.causal;
-  check::outputs({{p.out, "out"}, {p.lse, "lse"}}, {{p.q, "q"},
-                                                    {p.k_cache, "k_cache"},
-                                                    {p.block_table, "block_table"},
-                                                    {p.cache_seqlens, "cache_seqlens"}});
+  const std::initializer_list<check::Named> ins = {{p.q, "q"},
+                                                   {p.k_cache, "k_cache"},
+                                                   {p.block_table, "block_table"},
+                                                   {p.cache_seqlens, "cache_seqlens"}},
+                                            outs = {{p.out, "out"}, {p.lse, "lse"}};
+  check::outputs(outs, ins);
   check_plan(p.plan, dev, want);
-  check::device_pointers({{p.q, "q"},
-                          {p.k_cache, "k_cache"},
-                          {p.block_table, "block_table"},
-                          {p.cache_seqlens, "cache_seqlens"},
-                          {p.out, "out"},
-                          {p.lse, "lse"}});
+  check::device_pointers(ins, outs);
 }
 
 void dense_decode(const DenseDecodeParams& params) {
@@ -287,25 +284,18 @@ static void validate(const SparseDecodeParams& p) {
   want.sparse = true;
   want.topk = static_cast<int>(p.indices.shape[2]);
   want.extra_topk = extra ? static_cast<int>(p.extra_indices.shape[2]) : 0;
-  check::outputs({{p.out, "out"}, {p.lse, "lse"}}, {{p.q, "q"},
-                                                    {p.k_cache, "k_cache"},
-                                                    {p.indices, "indices"},
-                                                    {p.topk_length, "topk_length"},
-                                                    {p.attn_sink, "attn_sink"},
-                                                    {p.extra_k_cache, "extra_k_cache"},
-                                                    {p.extra_indices, "extra_indices"},
-                                                    {p.extra_topk_length, "extra_topk_length"}});
+  const std::initializer_list<check::Named> ins = {{p.q, "q"},
+                                                   {p.k_cache, "k_cache"},
+                                                   {p.indices, "indices"},
+                                                   {p.topk_length, "topk_length"},
+                                                   {p.attn_sink, "attn_sink"},
+                                                   {p.extra_k_cache, "extra_k_cache"},
+                                                   {p.extra_indices, "extra_indices"},
+                                                   {p.extra_topk_length, "extra_topk_length"}},
+                                            outs = {{p.out, "out"}, {p.lse, "lse"}};
+  check::outputs(outs, ins);
   check_plan(p.plan, dev, want);
-  check::device_pointers({{p.q, "q"},
-                          {p.k_cache, "k_cache"},
-                          {p.indices, "indices"},
-                          {p.topk_length, "topk_length"},
-                          {p.attn_sink, "attn_sink"},
-                          {p.extra_k_cache, "extra_k_cache"},
-                          {p.extra_indices, "extra_indices"},
-                          {p.extra_topk_length, "extra_topk_length"},
-                          {p.out, "out"},
-                          {p.lse, "lse"}});
+  check::device_pointers(ins, outs);
 }
 
 void sparse_decode(const SparseDecodeParams& params) {

@@ -69,8 +69,9 @@ void quantize_kv_cache(const QuantizeKVParams& p) {
   check_fp8_cache(p.cache, "cache", p.format, p.input.device);
   check::dim(p.cache, "cache", 0, p.input.shape[0], "num_pages of input");
   check::dim(p.cache, "cache", 1, p.input.shape[1], "page_size of input");
-  check::outputs({{p.cache, "cache"}}, {{p.input, "input"}});
-  check::device_pointers({{p.input, "input"}, {p.cache, "cache"}});
+  const std::initializer_list<check::Named> ins = {{p.input, "input"}}, outs = {{p.cache, "cache"}};
+  check::outputs(outs, ins);
+  check::device_pointers(ins, outs);
   if (p.input.numel() == 0) return;
   detail::dispatch(p.input.device, "input", p, &cpu::quantize_kv_cache,
                    OPENMLA_CUDA_OP(quantize_kv_cache));
@@ -83,8 +84,10 @@ void dequantize_kv_cache(const DequantizeKVParams& p) {
   check_bf16_pages(p.output, "output", info, p.cache.device);
   check::dim(p.output, "output", 0, p.cache.shape[0], "num_pages of cache");
   check::dim(p.output, "output", 1, p.cache.shape[1], "page_size of cache");
-  check::outputs({{p.output, "output"}}, {{p.cache, "cache"}});
-  check::device_pointers({{p.cache, "cache"}, {p.output, "output"}});
+  const std::initializer_list<check::Named> ins = {{p.cache, "cache"}},
+                                            outs = {{p.output, "output"}};
+  check::outputs(outs, ins);
+  check::device_pointers(ins, outs);
   if (p.output.numel() == 0) return;
   detail::dispatch(p.cache.device, "cache", p, &cpu::dequantize_kv_cache,
                    OPENMLA_CUDA_OP(dequantize_kv_cache));
@@ -102,8 +105,10 @@ void append_kv_cache(const AppendKVParams& p) {
   check::dim(p.slots, "slots", 0, p.input.shape[0], "n of input");
   check::same_device(p.slots, "slots", dev);
   check_fp8_cache(p.cache, "cache", p.format, dev);
-  check::outputs({{p.cache, "cache"}}, {{p.input, "input"}, {p.slots, "slots"}});
-  check::device_pointers({{p.input, "input"}, {p.slots, "slots"}, {p.cache, "cache"}});
+  const std::initializer_list<check::Named> ins = {{p.input, "input"}, {p.slots, "slots"}},
+                                            outs = {{p.cache, "cache"}};
+  check::outputs(outs, ins);
+  check::device_pointers(ins, outs);
   if (p.input.shape[0] == 0) return;
   detail::dispatch(dev, "input", p, &cpu::append_kv_cache, OPENMLA_CUDA_OP(append_kv_cache));
 }

@@ -52,20 +52,16 @@ static void validate(const SparsePrefillParams& p) {
     check::dim(t, name, 1, h_q, "h_q of q");
     check::same_device(t, name, dev);
   }
-  check::outputs({{p.out, "out"}, {p.max_logits, "max_logits"}, {p.lse, "lse"}},
-                 {{p.q, "q"},
-                  {p.kv, "kv"},
-                  {p.indices, "indices"},
-                  {p.attn_sink, "attn_sink"},
-                  {p.topk_length, "topk_length"}});
-  check::device_pointers({{p.q, "q"},
-                          {p.kv, "kv"},
-                          {p.indices, "indices"},
-                          {p.attn_sink, "attn_sink"},
-                          {p.topk_length, "topk_length"},
-                          {p.out, "out"},
-                          {p.max_logits, "max_logits"},
-                          {p.lse, "lse"}});
+  const std::initializer_list<check::Named> ins = {{p.q, "q"},
+                                                   {p.kv, "kv"},
+                                                   {p.indices, "indices"},
+                                                   {p.attn_sink, "attn_sink"},
+                                                   {p.topk_length, "topk_length"}},
+                                            outs = {{p.out, "out"},
+                                                    {p.max_logits, "max_logits"},
+                                                    {p.lse, "lse"}};
+  check::outputs(outs, ins);
+  check::device_pointers(ins, outs);
 }
 
 void sparse_prefill(const SparsePrefillParams& params) {
@@ -153,18 +149,14 @@ void dense_prefill_forward(const DensePrefillParams& params) {
   const Device dev = p.q.device;
   check_out3(p.out, "out", s.total_q, s.h_q, s.d_v, "[total_q, h_q, d_v]", dev);
   check_lse(p.lse, s, dev);
-  check::outputs({{p.out, "out"}, {p.lse, "lse"}}, {{p.q, "q"},
-                                                    {p.k, "k"},
-                                                    {p.v, "v"},
-                                                    {p.cu_seqlens_q, "cu_seqlens_q"},
-                                                    {p.cu_seqlens_k, "cu_seqlens_k"}});
-  check::device_pointers({{p.q, "q"},
-                          {p.k, "k"},
-                          {p.v, "v"},
-                          {p.cu_seqlens_q, "cu_seqlens_q"},
-                          {p.cu_seqlens_k, "cu_seqlens_k"},
-                          {p.out, "out"},
-                          {p.lse, "lse"}});
+  const std::initializer_list<check::Named> ins = {{p.q, "q"},
+                                                   {p.k, "k"},
+                                                   {p.v, "v"},
+                                                   {p.cu_seqlens_q, "cu_seqlens_q"},
+                                                   {p.cu_seqlens_k, "cu_seqlens_k"}},
+                                            outs = {{p.out, "out"}, {p.lse, "lse"}};
+  check::outputs(outs, ins);
+  check::device_pointers(ins, outs);
   DensePrefillParams r = p;
   r.softmax_scale = check::resolve_scale(p.softmax_scale, s.d_qk);
   if (s.total_q == 0) return;
