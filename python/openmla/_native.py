@@ -134,6 +134,18 @@ def _ops():
 # ---------------------------------------------------------------- decode
 
 
+def _decode_outputs(q, d_v, out, lse):
+    """out [b, s_q, h_q, d_v] and lse [b, h_q, s_q] where not given, unless the extension
+    allocates them itself (DLPack exchange allocator, outside torch.compile)."""
+    if (out is None or lse is None) and (type(q) not in CXX_ALLOC or compiling()):
+        b, s_q, h_q, _ = shape_of(q, "q", 4, "[b, s_q, h_q, d_qk]")
+        if out is None:
+            out = empty(q, (b, s_q, h_q, d_v))
+        if lse is None:
+            lse = empty(q, (b, h_q, s_q), "float32", "lse")
+    return out, lse
+
+
 def dense_decode(q, k_cache, block_table, cache_seqlens, *, plan=None, out=None, lse=None,
                  d_v: int = 512, softmax_scale=None, causal: bool = False, stream=None):
     """Dense MLA decode over a paged cache (SPEC §1). Returns (out, lse).
@@ -142,12 +154,7 @@ def dense_decode(q, k_cache, block_table, cache_seqlens, *, plan=None, out=None,
     [b, max_pages] int32; cache_seqlens [b] int32; out [b, s_q, h_q, d_v]; lse [b, h_q, s_q] fp32.
     plan: a DecodePlan updated for this step (required on CUDA).
     """
-    if (out is None or lse is None) and (type(q) not in CXX_ALLOC or compiling()):
-        b, s_q, h_q, _ = shape_of(q, "q", 4, "[b, s_q, h_q, d_qk]")
-        if out is None:
-            out = empty(q, (b, s_q, h_q, d_v))
-        if lse is None:
-            lse = empty(q, (b, h_q, s_q), "float32", "lse")
+    out, lse = _decode_outputs(q, d_v, out, lse)
     if compiling():
         _no_stream_when_compiling(stream)
         _ops().dense_decode(q, k_cache, block_table, cache_seqlens, out, lse, _plan_key(plan), d_v,
@@ -166,12 +173,7 @@ def sparse_decode(q, k_cache, indices, *, topk_length=None, attn_sink=None, extr
     [num_pages, page_size, 1, bytes_per_token] uint8|float8_e4m3fn; indices [b, s_q, topk] int32
     cache slots; topk_length [b]; attn_sink [h_q] fp32; extra_*: a second pool.
     """
-    if (out is None or lse is None) and (type(q) not in CXX_ALLOC or compiling()):
-        b, s_q, h_q, _ = shape_of(q, "q", 4, "[b, s_q, h_q, d_qk]")
-        if out is None:
-            out = empty(q, (b, s_q, h_q, d_v))
-        if lse is None:
-            lse = empty(q, (b, h_q, s_q), "float32", "lse")
+    out, lse = _decode_outputs(q, d_v, out, lse)
     if compiling():
         _no_stream_when_compiling(stream)
         _ops().sparse_decode(q, k_cache, indices, topk_length, attn_sink, extra_k_cache,

@@ -306,18 +306,8 @@ def _dense_impl(q, k_cache, block_table, cache_seqlens, meta, head_dim_v, scale,
         cuda = q.is_cuda
         dev = ("cuda", q.get_device()) if cuda else ("cpu", 0)
         stream = _raw_stream(dev[1]) if cuda else 0
-        try:
-            ks = k_cache.shape
-            cfg = (False, shape, ks[1], ks[2], causal, dev, None, None, None)
-        except (AttributeError, IndexError, TypeError):
-            cfg = None
-        plan = st.plan
-        first = cfg is None or st.config != cfg
-        if first:
-            if cfg is not None and st.config is not None:
-                raise _mismatch(st.config, cfg)
-            plan, pool_key = _first_dense(st, q, k_cache, block_table, cache_seqlens, head_dim_v,
-                                          scale, causal, dev, stream)
+        cfg, plan, pool_key, first = _dense_plan(st, q, k_cache, block_table, cache_seqlens,
+                                                 head_dim_v, scale, causal, shape, dev, stream)
         out = lse = None  # allocated by the extension (DLPack exchange API) or just below
         if type(q) not in CXX_ALLOC:
             b, s_q, h_q = shape[0], shape[1], shape[2]
@@ -326,18 +316,9 @@ def _dense_impl(q, k_cache, block_table, cache_seqlens, meta, head_dim_v, scale,
     else:
         dev = device_of(q)
         stream = current_stream(q)
-        try:
-            ks = k_cache.shape
-            cfg = (False, tuple(q.shape), ks[1], ks[2], causal, dev, None, None, None)
-        except (AttributeError, IndexError, TypeError):
-            cfg = None
-        plan = st.plan
-        first = cfg is None or st.config != cfg
-        if first:
-            if cfg is not None and st.config is not None:
-                raise _mismatch(st.config, cfg)
-            plan, pool_key = _first_dense(st, q, k_cache, block_table, cache_seqlens, head_dim_v,
-                                          scale, causal, dev, stream)
+        cfg, plan, pool_key, first = _dense_plan(st, q, k_cache, block_table, cache_seqlens,
+                                                 head_dim_v, scale, causal, tuple(q.shape), dev,
+                                                 stream)
         b, s_q, h_q, _ = q.shape
         out = empty(q, (b, s_q, h_q, head_dim_v))
         lse = empty(q, (b, h_q, s_q), "float32", "lse")
@@ -353,6 +334,24 @@ def _dense_impl(q, k_cache, block_table, cache_seqlens, meta, head_dim_v, scale,
     if plan is not None and not st.pinned and capturing(q):
         _pin(st)
     return out, lse
+
+
+def _dense_plan(st, q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal, shape, dev,
+                stream):
+    """(cfg, plan, pool_key, first): the metadata's plan for this call; `first` when the metadata
+    is set up by this call (then pool_key says where the new plan came from)."""
+    try:
+        ks = k_cache.shape
+        cfg = (False, shape, ks[1], ks[2], causal, dev, None, None, None)
+    except (AttributeError, IndexError, TypeError):
+        cfg = None
+    if cfg is not None and st.config == cfg:
+        return cfg, st.plan, None, False
+    if cfg is not None and st.config is not None:
+        raise _mismatch(st.config, cfg)
+    plan, pool_key = _first_dense(st, q, k_cache, block_table, cache_seqlens, head_dim_v, scale,
+                                  causal, dev, stream)
+    return cfg, plan, pool_key, True
 
 
 def _first_dense(st, q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal, dev,
