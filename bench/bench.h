@@ -18,6 +18,7 @@ struct Options {
   std::vector<std::string> suites;  // empty: all
   std::string json_path;
   bool quick = false;
+  std::vector<std::string> only;  // --only: keep configurations whose label contains one of these
   bool list = false;
   bool cpu = false;
 };
@@ -188,6 +189,8 @@ struct Result {
   double graph_min_us = kNaN;
   double eager_us = kNaN;  // median of single eager calls, CUDA events
   double host_us = kNaN;   // host time to issue one eager call (plan update + operator)
+  double plan_us = kNaN;   // decode: graph replay of DecodePlan::update alone
+  double op_us = kNaN;     // decode: graph replay of the operator alone (plan updated before)
   int sets = 0;            // input sets rotated over (L2)
   int replays = 0;
   Work work;

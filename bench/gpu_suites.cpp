@@ -39,6 +39,8 @@ constexpr int kMaxSets = 32;
 struct InputSet {
   std::vector<DeviceBuffer> bufs;
   std::function<void(cudaStream_t)> call;
+  // Decode only: the two halves of `call`, timed separately as well.
+  std::function<void(cudaStream_t)> plan_call, op_call;
 };
 
 struct Case {
@@ -189,6 +191,11 @@ Case build_case(const Config& c, const DecodeInputs* d, const PrefillInputs* pin
       p.lse = output(set, DType::kFloat32, {c.b, c.h_q, c.s_q}, stream);
       p.causal = c.causal;
       p.plan = plan;
+      set.plan_call = [p, plan](cudaStream_t st) { plan->update(p.cache_seqlens, st); };
+      set.op_call = [p](cudaStream_t st) mutable {
+        p.stream = st;
+        dense_decode(p);
+      };
       set.call = [p, plan](cudaStream_t st) mutable {
         p.stream = st;
         plan->update(p.cache_seqlens, st);
@@ -242,6 +249,63 @@ bool mentions_not_implemented(const std::string& s) {
   return s.find("not implemented") != std::string::npos;
 }
 
+// Captures `which(set)` for every set into one CUDA graph and replays it; per-call median and
+// minimum time = replay time / sets. False (with `why`) when capture fails.
+template <class Which>
+bool graph_time(Case& k, Which which, const Options& opt, double eager_us, cudaStream_t stream,
+                double& median_us, double& min_us, int& replays, std::string& why) {
+  const int n = int(k.sets.size());
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  try {
+    OPENMLA_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      for (InputSet& s : k.sets) which(s)(stream);
+    } catch (...) {
+      cudaGraph_t g = nullptr;
+      (void)cudaStreamEndCapture(stream, &g);
+      if (g != nullptr) (void)cudaGraphDestroy(g);
+      (void)cudaGetLastError();
+      throw;
+    }
+    OPENMLA_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    OPENMLA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  } catch (const std::exception& e) {
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    why = e.what();
+    return false;
+  }
+  try {
+    for (int i = 0; i < 2; ++i) OPENMLA_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    // Replays: as many as fit in about a second (0.2 s with --quick), within [lo, hi].
+    const double per_replay_us = std::max(1.0, eager_us * n);
+    const int lo = opt.quick ? 5 : 20, hi = opt.quick ? 20 : 200;
+    const int reps = std::clamp(int((opt.quick ? 0.2e6 : 1.0e6) / per_replay_us), lo, hi);
+    Events ev(reps + 1);
+    OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
+    for (int i = 0; i < reps; ++i) {
+      OPENMLA_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[i + 1], stream));
+    }
+    OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    std::vector<double> us(reps);
+    for (int i = 0; i < reps; ++i) us[i] = ev.ms(i, i + 1) * 1e3 / n;
+    std::sort(us.begin(), us.end());
+    median_us = us[reps / 2];
+    min_us = us.front();
+    replays = reps;
+  } catch (...) {
+    (void)cudaGraphExecDestroy(exec);
+    (void)cudaGraphDestroy(graph);
+    throw;
+  }
+  OPENMLA_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  OPENMLA_CUDA_CHECK(cudaGraphDestroy(graph));
+  return true;
+}
+
 // Times the case: eager calls first (they also tell whether the operator exists), then a CUDA
 // graph holding one call per input set, replayed.
 void time_case(Case& k, const Options& opt, cudaStream_t stream, Result& r) {
@@ -273,54 +337,23 @@ void time_case(Case& k, const Options& opt, cudaStream_t stream, Result& r) {
   r.host_us = host[host.size() / 2];
 
   // 3. Graph: capture one call per set, replay; per-call time = replay time / sets.
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  try {
-    OPENMLA_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    try {
-      for (InputSet& s : k.sets) s.call(stream);
-    } catch (...) {
-      cudaGraph_t g = nullptr;
-      (void)cudaStreamEndCapture(stream, &g);
-      if (g != nullptr) (void)cudaGraphDestroy(g);
-      (void)cudaGetLastError();
-      throw;
-    }
-    OPENMLA_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    OPENMLA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  } catch (const std::exception& e) {
-    if (graph != nullptr) (void)cudaGraphDestroy(graph);
-    (void)cudaGetLastError();
-    r.message = std::string("CUDA-graph capture failed, eager time only: ") + e.what();
+  std::string why;
+  if (!graph_time(k, [](InputSet& s) -> auto& { return s.call; }, opt, r.eager_us, stream,
+                  r.graph_us, r.graph_min_us, r.replays, why)) {
+    r.message = "CUDA-graph capture failed, eager time only: " + why;
     return;
   }
-  try {
-    for (int i = 0; i < 2; ++i) OPENMLA_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
-    // Replays: as many as fit in about a second (0.2 s with --quick), within [lo, hi].
-    const double per_replay_us = std::max(1.0, r.eager_us * n);
-    const int lo = opt.quick ? 5 : 20, hi = opt.quick ? 20 : 200;
-    const int reps = std::clamp(int((opt.quick ? 0.2e6 : 1.0e6) / per_replay_us), lo, hi);
-    Events ev(reps + 1);
-    OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
-    for (int i = 0; i < reps; ++i) {
-      OPENMLA_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[i + 1], stream));
-    }
-    OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
-    std::vector<double> us(reps);
-    for (int i = 0; i < reps; ++i) us[i] = ev.ms(i, i + 1) * 1e3 / n;
-    std::sort(us.begin(), us.end());
-    r.graph_us = us[reps / 2];
-    r.graph_min_us = us.front();
-    r.replays = reps;
-  } catch (...) {
-    (void)cudaGraphExecDestroy(exec);
-    (void)cudaGraphDestroy(graph);
-    throw;
+  // 4. Decode: the plan update and the operator alone (the operator after one update: the plan
+  // is the same for every set), for the comparison with FlashMLA's kernel-only figures.
+  if (k.sets[0].plan_call && k.sets[0].op_call) {
+    double lo = 0;
+    int reps = 0;
+    graph_time(k, [](InputSet& s) -> auto& { return s.plan_call; }, opt, r.eager_us, stream,
+               r.plan_us, lo, reps, why);
+    k.sets[0].plan_call(stream);
+    graph_time(k, [](InputSet& s) -> auto& { return s.op_call; }, opt, r.eager_us, stream,
+               r.op_us, lo, reps, why);
   }
-  OPENMLA_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  OPENMLA_CUDA_CHECK(cudaGraphDestroy(graph));
 }
 
 // After an error: is the context still usable (no sticky error)?
@@ -428,7 +461,18 @@ int run_gpu(const Options& opt, const std::vector<std::string>& suites, DeviceIn
   std::string unusable_why;
   BenchStream stream;
   for (const std::string& name : suites) {
-    const std::vector<Config> configs = gpu_suite(name);
+    std::vector<Config> configs = gpu_suite(name);
+    if (!opt.only.empty()) {
+      std::vector<Config> kept;
+      for (const Config& c : configs)
+        for (const std::string& t : opt.only)
+          if (c.label().find(t) != std::string::npos) {
+            kept.push_back(c);
+            break;
+          }
+      configs.swap(kept);
+      if (configs.empty()) continue;
+    }
     std::vector<Result> results;
     int i = 0;
     for (const Config& c : configs) {
@@ -461,7 +505,11 @@ int run_gpu(const Options& opt, const std::vector<std::string>& suites, DeviceIn
       if (r.status == "ok") {
         std::cerr << " graph " << format_double(r.graph_us, 1) << " us, eager "
                   << format_double(r.eager_us, 1) << " us, " << format_double(r.tflops, 1)
-                  << " TFLOPS, " << format_double(r.gbps, 0) << " GB/s\n";
+                  << " TFLOPS, " << format_double(r.gbps, 0) << " GB/s";
+        if (!std::isnan(r.op_us))
+          std::cerr << " | plan alone " << format_double(r.plan_us, 1) << " us, operator alone "
+                    << format_double(r.op_us, 1) << " us";
+        std::cerr << "\n";
       } else {
         std::cerr << " " << r.status << ": " << r.message << "\n";
       }

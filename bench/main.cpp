@@ -13,11 +13,13 @@ namespace {
 using namespace openmla::bench;
 
 const char* kUsage =
-    "usage: openmla-bench [--suite NAME]... [--json FILE] [--quick] [--list] [--cpu]\n"
+    "usage: openmla-bench [--suite NAME]... [--only TEXT]... [--json FILE] [--quick] [--list] [--cpu]\n"
     "  --suite NAME  run this suite (repeatable; default: all). GPU suites (SPEC section 8):\n"
     "                dense-decode, dense-decode-latency, dense-decode-bi (batch-invariant\n"
     "                schedule cost; not a SPEC suite), sparse-decode, sparse-decode-model1,\n"
     "                sparse-prefill. CPU mode also knows dense-prefill and fp8-kv.\n"
+    "  --only TEXT   GPU mode: run only the configurations whose label contains TEXT (repeatable;\n"
+    "                e.g. --only 'b=128 h_q=128 s_q=1 s_k=4096'), for profiling one cell\n"
     "  --json FILE   write every result (and the ceilings and device) as JSON\n"
     "  --quick       fewer repetitions (same configurations)\n"
     "  --list        list the suites and their configurations, then exit\n"
@@ -60,6 +62,9 @@ int parse(int argc, char** argv, Options& opt) {
       }
       if (std::find(opt.suites.begin(), opt.suites.end(), v) == opt.suites.end())
         opt.suites.push_back(v);
+    } else if (a == "--only" || a.rfind("--only=", 0) == 0) {
+      if (!value("--only", v)) return 2;
+      opt.only.push_back(v);
     } else if (a == "--json" || a.rfind("--json=", 0) == 0) {
       if (!value("--json", opt.json_path)) return 2;
     } else if (a == "--quick") {

@@ -41,7 +41,8 @@ namespace openmla::sm90::dense_decode_detail {
   long long prof_acc[8] = {};                \
   long long prof_pairs = 0;                  \
   long long prof_t = clock64();              \
-  const long long prof_t0 = prof_t
+  const long long prof_t0 = prof_t;          \
+  const unsigned long long prof_start_ns = global_ns()
 #define OPENMLA_PROF_MARK(k)                 \
   do {                                       \
     const long long t_ = clock64();          \
@@ -52,13 +53,43 @@ namespace openmla::sm90::dense_decode_detail {
 // (printf inside the kernel would make ptxas serialize its wgmma: the counters go to a global
 // array, printed by dense_decode_prof_print launched right after the kernel.)
 __device__ long long g_decode_prof[2][10];
+// Start and end (globaltimer, ns) of every CTA of the launch, for the spread of finish times.
+__device__ unsigned long long g_decode_cta_ns[4096][2];
+__device__ int g_decode_ctas;
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
 #define OPENMLA_PROF_PRINT()                                                            \
+  if (tid == 0) {                                                                       \
+    const int slot_ = atomicAdd(&g_decode_ctas, 1);                                     \
+    if (slot_ < 4096) {                                                                 \
+      g_decode_cta_ns[slot_][0] = prof_start_ns;                                        \
+      g_decode_cta_ns[slot_][1] = global_ns();                                          \
+    }                                                                                   \
+  }                                                                                     \
   if (wl == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) {               \
     for (int k_ = 0; k_ < 8; ++k_) g_decode_prof[wg][k_] = prof_acc[k_];               \
     g_decode_prof[wg][8] = prof_pairs;                                                  \
     g_decode_prof[wg][9] = clock64() - prof_t0;                                         \
   }
 __global__ void dense_decode_prof_print() {
+  const int n = min(g_decode_ctas, 4096);
+  unsigned long long t0 = ~0ull, s_max = 0, e_min = ~0ull, e_max = 0;
+  double e_sum = 0;
+  for (int i = 0; i < n; ++i) t0 = min(t0, g_decode_cta_ns[i][0]);
+  for (int i = 0; i < n; ++i) {
+    s_max = max(s_max, g_decode_cta_ns[i][0] - t0);
+    const unsigned long long e = g_decode_cta_ns[i][1] - t0;
+    e_min = min(e_min, e);
+    e_max = max(e_max, e);
+    e_sum += double(e);
+  }
+  if (n > 0)
+    printf("decode-prof ctas %d: last start %.1f us, end min %.1f mean %.1f max %.1f us\n", n,
+           s_max * 1e-3, e_min * 1e-3, e_sum / n * 1e-3, e_max * 1e-3);
+  g_decode_ctas = 0;
   for (int w = 0; w < 2; ++w) {
     const long long* a = g_decode_prof[w];
     printf("decode-prof wg %d pairs %lld cycles %lld | %lld %lld(+%lld) %lld %lld %lld | s-waits %lld\n",
@@ -274,30 +305,40 @@ __device__ __forceinline__ void zero_v_tail(uint8_t* stage_base, int valid, int 
   fence_proxy_async();
 }
 
+// The page holding box `wl` of block `blk` of segment `s` (one box per run of gcd(page_size, 64)
+// tokens of one page), or -1. Only block-table entries of tokens < len are read; an index past
+// the table becomes -1, and a page out of range (or -1) an out-of-bounds TMA box, which the copy
+// engine fills with zeros. The load is issued well before the refill that uses it, so the
+// block-table latency is not on the refill's critical path.
+__device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const Segment& s,
+                                        int blk, int wl) {
+  const int box = p.box_tokens;
+  const int tok0 = blk * 64;
+  const int nbox = (min(64, s.len - tok0) + box - 1) / box;
+  const int page_idx = (tok0 + wl * box) / p.page_size;
+  const bool in_table = wl < nbox && page_idx < p.max_pages;
+  const int32_t* entry = p.block_table + static_cast<int64_t>(s.req) * p.bt_stride +
+                         (in_table ? page_idx : 0);
+  return ld_pred(entry, in_table, -1);
+}
+
 // Issues the TMA loads of chunks [i0, i1) (load order) of block `blk` of segment `s` into
-// `stage`, each chunk completing on its own full barrier. Called by all 128 threads of a
-// warpgroup without branching (predicated instructions only: a divergent path next to wgmma makes
-// ptxas serialize them): thread 0 arms the barriers, thread j issues box j (one box per run of
-// gcd(page_size, 64) tokens of one page). The transaction count may briefly go negative when a
-// box lands before its barrier is armed, which mbarriers allow. Only block-table entries of
-// tokens < len are read; an index past the table, or a page out of range, becomes an
-// out-of-bounds TMA box, which the copy engine fills with zeros.
+// `stage`, each chunk completing on its own full barrier; `page` is box_page(blk) of this
+// thread. Called by all 128 threads of a warpgroup without branching (predicated instructions
+// only: a divergent path next to wgmma makes ptxas serialize them): thread 0 arms the barriers,
+// thread j issues box j. The transaction count may briefly go negative when a box lands before
+// its barrier is armed, which mbarriers allow.
 template <int kChunks>
 __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
                                             const CUtensorMap* kmap, uint8_t* stage_base,
                                             uint64_t* stage_full, int stage, const Segment& s,
-                                            int blk, int i0, int i1, int hk, int wl,
+                                            int blk, int page, int i0, int i1, int hk, int wl,
                                             uint64_t policy) {
   const int box = p.box_tokens;
   const int tok0 = blk * 64;
   const int nbox = (min(64, s.len - tok0) + box - 1) / box;
   const int t = tok0 + wl * box;
-  const int page_idx = t / p.page_size;
   const bool issue = wl < nbox;
-  const bool in_table = issue && page_idx < p.max_pages;
-  const int32_t* entry = p.block_table + static_cast<int64_t>(s.req) * p.bt_stride +
-                         (in_table ? page_idx : 0);
-  const int page = ld_pred(entry, in_table, -1);
   const int in_page = t % p.page_size;
   const uint32_t bytes = static_cast<uint32_t>(nbox * box * 128);
 #pragma unroll
@@ -347,9 +388,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t s_q_addr = smem_addr(smem + L::kQ);
   const uint32_t s_k_addr = smem_addr(smem + L::kK);
   const float sl2 = p.scale_log2;
-  auto load = [&](int stage, const Segment& s, int blk, int i0, int i1) {
+  auto load = [&](int stage, const Segment& s, int blk, int page, int i0, int i1) {
     load_chunks<kChunks>(p, &kmap, smem + L::kK + stage * L::kStage, full + stage * 9, stage, s,
-                         blk, i0, i1, hk, wl, policy);
+                         blk, page, i0, i1, hk, wl, policy);
   };
   // Descriptors are a per-use opaque base plus a constant byte offset (the start-address field is
   // addr >> 4 in the low bits, and no tile crosses 256 KB), so the compiler rebuilds each one where
@@ -422,9 +463,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     // First pair of this segment: both stages are free (end-of-segment barrier below).
     if (s.blk_lo < s.blk_hi) {
       if (wg == 0)
-        load(0, s, s.blk_lo, 0, kChunks);
+        load(0, s, s.blk_lo, box_page(p, s, s.blk_lo, wl), 0, kChunks);
       else if (s.blk_lo + 1 < s.blk_hi)
-        load(1, s, s.blk_lo + 1, 0, kChunks);
+        load(1, s, s.blk_lo + 1, box_page(p, s, s.blk_lo + 1, wl), 0, kChunks);
     }
     // ---- Q tile: rows (s, g) of this KV head, zero-padded to 64, into swizzled chunks ----
     {
@@ -476,6 +517,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool has1 = blk + 1 < s.blk_hi;
       const bool next0 = blk + 2 < s.blk_hi, next1 = blk + 3 < s.blk_hi;
       const uint32_t par0 = fills0 & 1, par1 = fills1 & 1;
+      // Pages of the next pair's blocks, for the refills issued during this pair.
+      const int page0n = box_page(p, s, next0 ? blk + 2 : blk, wl);
+      const int page1n = box_page(p, s, next1 ? blk + 3 : blk, wl);
       uint32_t pa[16];
       float mx[2], rs[2], m0[2], m1[2], f0[2], f1[2];
       if (wg == 0) {
@@ -529,7 +573,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
-        if (next0) load(0, s, blk + 2, 0, 4);  // V0_L is free: refill it
+        if (next0) load(0, s, blk + 2, page0n, 0, 4);  // V0_L is free: refill it
         OPENMLA_PROF_MARK(3);
         // O_L = O_L * e^(m0 - m1) + P1 V1_L, and behind it the next pair's S0: chunks 0-3 (refilled
         // after P0 V0_L) are issued while P1 V1_L runs, chunks 4-8 once V1_L is refilled.
@@ -551,7 +595,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (next0) issue_s(sc, 0, par0n, 0, 4);
         wgmma_commit();  // group B: next S0, chunks 0-3
         wgmma_wait<1>();  // A done: V1_L and P1 (RoPE chunk) are free
-        if (has1 && next1) load(1, s, blk + 3, 4, kChunks);
+        if (has1 && next1) load(1, s, blk + 3, page1n, 4, kChunks);
         if (next0) issue_s(sc, 0, par0n, 4, kChunks);
         wgmma_commit();  // group C: next S0, chunks 4-8
         wgmma_wait<0>();
@@ -622,12 +666,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         pv_ss(o, 0, 1);
         wgmma_commit();  // group B: P0 V0_R
         wgmma_wait<1>();  // A done: V1_R is free, refill it with stage 1's next block
-        if (has1 && next1) load(1, s, blk + 3, 0, 4);
+        if (has1 && next1) load(1, s, blk + 3, page1n, 0, 4);
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
         // V0_R and P0 (RoPE chunk) are free
-        if (next0) load(0, s, blk + 2, 4, kChunks);
+        if (next0) load(0, s, blk + 2, page0n, 4, kChunks);
       }
       ++fills0;
       if (has1) ++fills1;

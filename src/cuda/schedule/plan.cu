@@ -19,178 +19,197 @@ namespace {
 constexpr int kFixedCost = 3;
 
 constexpr int kPlannerThreads = 256;
-constexpr int kPlannerSmemBatch = 8192;  // requests whose block counts are staged in shared memory
+constexpr int kPlannerStaged = 2048;  // batches whose per-request arrays fit in shared memory
 
-// Block counts are staged in shared memory by all threads (the global loads are the slow part);
-// the greedy cut itself is one thread's O(b + parts) loop over shared memory, which keeps the plan
-// trivially deterministic.
-__global__ void __launch_bounds__(kPlannerThreads)
+// Exclusive prefix sum of one value per thread over the CTA; `total` gets the sum of all.
+template <class T>
+__device__ T cta_exclusive_scan(T v, T& total) {
+  __shared__ T warp_sums[kPlannerThreads / 32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  T x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o *= 2) {
+    const T y = __shfl_up_sync(0xffffffff, x, o);
+    if (lane >= o) x += y;
+  }
+  if (lane == 31) warp_sums[warp] = x;
+  __syncthreads();
+  T before = 0;
+  total = 0;
+  for (int w = 0; w < kPlannerThreads / 32; ++w) {
+    if (w < warp) before += warp_sums[w];
+    total += warp_sums[w];
+  }
+  __syncthreads();  // warp_sums is reused by the next scan
+  return before + x - v;
+}
+
+// The split-KV planner, data-parallel over requests and parts (one CTA). Every request costs its
+// blocks plus kFixedCost; the costs are laid end to end on a line of length W, and part p takes
+// the line's [p per, (p+1) per), per = ceil(W / parts). A request's fixed cost sits at its start,
+// so its blocks fall in parts first..last = (P + F) / per .. (P + cost - 1) / per (P: its prefix,
+// F: kFixedCost); each of those parts gets one piece. A piece that continues a request pays its
+// fixed cost outside the line, so no part exceeds per + F: the bound of a sequential greedy cut,
+// without its O(b + parts) single-thread loop (which took 30-50 us at b=128).
+// Batch-invariant plans never cut: request i goes whole to the part its cost midpoint falls in, so
+// its bits do not depend on the rest of the batch, and parts stay within one request of `per`.
+__global__ void __launch_bounds__(kPlannerThreads, 1)
     planner_kernel(const int32_t* __restrict__ seqlens, int64_t seqlens_stride, int batch,
-                   int batch_invariant, PlanBuffers buf) {
-  __shared__ int nblk_s[kPlannerSmemBatch];
-  __shared__ long long partial[kPlannerThreads / 32];
-  const bool staged = batch <= kPlannerSmemBatch;
-  auto blocks_of = [&](int i) {
-    if (staged) return nblk_s[i];
+                   int batch_invariant, PlanBuffers buf, PlanScratch scratch) {
+  __shared__ long long prefix_s[kPlannerStaged];
+  __shared__ int first_s[kPlannerStaged], last_s[kPlannerStaged];
+  const bool staged = batch <= kPlannerStaged;
+  long long* prefix = staged ? prefix_s : scratch.prefix;
+  int* first_part = staged ? first_s : scratch.first_part;
+  int* last_part = staged ? last_s : scratch.last_part;
+  const int parts = buf.num_parts;
+  auto nblk_of = [&](int i) {
     return (max(0, seqlens[i * seqlens_stride]) + kBlockTokens - 1) / kBlockTokens;
   };
-  long long local = 0;
-  for (int i = threadIdx.x; i < batch; i += kPlannerThreads) {
-    const int nb = (max(0, seqlens[i * seqlens_stride]) + kBlockTokens - 1) / kBlockTokens;
-    if (staged) nblk_s[i] = nb;
-    local += nb + kFixedCost;
+  // 1. Prefix of the costs: each thread a contiguous chunk of requests.
+  const int chunk = (batch + kPlannerThreads - 1) / kPlannerThreads;
+  const int i0 = min(batch, static_cast<int>(threadIdx.x) * chunk), i1 = min(batch, i0 + chunk);
+  long long run = 0;
+  for (int i = i0; i < i1; ++i) {
+    prefix[i] = run;
+    run += nblk_of(i) + kFixedCost;
   }
-  for (int o = 16; o > 0; o /= 2) local += __shfl_xor_sync(0xffffffff, local, o);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = local;
-  __syncthreads();
-  if (threadIdx.x != 0) return;
   long long total = 0;
-  for (int w = 0; w < kPlannerThreads / 32; ++w) total += partial[w];
-
-  const int parts = buf.num_parts;
-  if (batch_invariant) {
-    // Requests are never cut: each is computed by one CTA per m-block, blocks in order, so its
-    // bits do not depend on the rest of the batch. Request i goes to the part its cost midpoint
-    // falls in, so parts stay within one request of the average and nothing piles up at the end.
-    for (int p = 0; p < parts; ++p) {
-      buf.meta[p * kPlanMetaInts + kBeginReq] = 0;
-      buf.meta[p * kPlanMetaInts + kLastReq] = -1;  // empty
+  const long long base = cta_exclusive_scan(run, total);
+  for (int i = i0; i < i1; ++i) prefix[i] += base;
+  const long long per = max(1ll, (total + parts - 1) / parts);
+  auto cost_of = [&](int i) { return (i + 1 < batch ? prefix[i + 1] : total) - prefix[i]; };
+  __syncthreads();
+  // 2. Each request's parts, its pieces and (cut requests only) accumulator slots.
+  int cuts = 0, slots = 0;
+  for (int i = i0; i < i1; ++i) {
+    const long long P = prefix[i], c = cost_of(i);
+    long long f, l;
+    if (batch_invariant) {
+      f = l = (P + c / 2) / per;
+    } else if (c == kFixedCost) {  // empty request: one (empty) piece where it starts
+      f = l = P / per;
+    } else {
+      f = (P + kFixedCost) / per;
+      l = (P + c - 1) / per;
     }
-    const long long per = max(1ll, (total + parts - 1) / parts);
-    long long prefix = 0;
-    for (int i = 0; i < batch; ++i) {
-      const int nb = blocks_of(i);
-      const long long c = nb + kFixedCost;
-      const int p =
-          static_cast<int>(min(static_cast<long long>(parts - 1), (prefix + c / 2) / per));
-      int32_t* m = buf.meta + p * kPlanMetaInts;
-      if (m[kLastReq] < 0) {
-        m[kBeginReq] = i;
-        m[kBeginBlk] = 0;
-        m[kBeginSplit] = 0;
-      }
-      m[kLastReq] = i;
-      m[kLastBlkEnd] = nb;
-      buf.num_splits[i] = 1;
-      buf.accum_offset[i] = 0;
-      prefix += c;
+    first_part[i] = static_cast<int>(min(f, static_cast<long long>(parts - 1)));
+    last_part[i] = static_cast<int>(min(l, static_cast<long long>(parts - 1)));
+    const int pieces = last_part[i] - first_part[i] + 1;
+    buf.num_splits[i] = pieces;
+    if (pieces > 1) {
+      ++cuts;
+      slots += pieces;
     }
-    return;
   }
-  // Every piece pays the fixed cost, and cutting adds at most one piece per part: budgeting
-  // total / parts + kFixedCost per part covers all the work, so the last part never overflows.
-  const long long per_part = (total + parts - 1) / parts + kFixedCost;
-  int i = 0, blk = 0, split = 0;
-  int nblk = batch > 0 ? blocks_of(0) : 0;
-  for (int p = 0; p < parts; ++p) {
+  int n_cut = 0, n_slots = 0;
+  int cut_base = cta_exclusive_scan(cuts, n_cut);
+  int slot_base = cta_exclusive_scan(slots, n_slots);
+  for (int i = i0; i < i1; ++i) {
+    const int pieces = last_part[i] - first_part[i] + 1;
+    buf.accum_offset[i] = slot_base;
+    if (pieces > 1) {
+      buf.split_reqs[cut_base++] = i;
+      slot_base += pieces;
+    }
+  }
+  if (threadIdx.x == 0) *buf.num_split_reqs = n_cut;
+  __syncthreads();
+  // 3. Each part: its first request is the first whose last part is >= p, its last the last
+  // whose first part is <= p (both arrays are non-decreasing); block bounds from the line.
+  for (int p = threadIdx.x; p < parts; p += kPlannerThreads) {
+    int lo = 0, hi = batch;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (last_part[mid] < p) lo = mid + 1; else hi = mid;
+    }
+    const int first = lo;
+    lo = first;
+    hi = batch;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (first_part[mid] <= p) lo = mid + 1; else hi = mid;
+    }
+    const int last = lo - 1;
     int32_t* m = buf.meta + p * kPlanMetaInts;
-    m[kBeginReq] = i;
-    m[kBeginBlk] = blk;
-    m[kBeginSplit] = split;
-    m[kLastReq] = i - 1;  // empty unless something is taken below
-    m[kLastBlkEnd] = 0;
-    long long cap = (p == parts - 1) ? (1ll << 62) : per_part;
-    while (i < batch) {
-      const int rem = nblk - blk;
-      if (rem + kFixedCost <= cap) {  // the rest of request i fits: finish it here
-        cap -= rem + kFixedCost;
-        m[kLastReq] = i;
-        m[kLastBlkEnd] = nblk;
-        buf.num_splits[i] = split + 1;
-        ++i;
-        blk = 0;
-        split = 0;
-        if (i < batch) nblk = blocks_of(i);
-        if (cap <= kFixedCost) break;
-      } else {  // take what fits and continue request i in the next part
-        const long long take = cap - kFixedCost;
-        if (take >= 1) {
-          m[kLastReq] = i;
-          m[kLastBlkEnd] = blk + static_cast<int>(take);
-          blk += static_cast<int>(take);
-          ++split;
-        }
-        break;
-      }
+    m[kBeginReq] = first;
+    m[kLastReq] = last;  // < first: an empty part
+    if (first > last) {
+      m[kBeginBlk] = 0;
+      m[kBeginSplit] = 0;
+      m[kLastBlkEnd] = 0;
+      continue;
     }
-  }
-  // Accumulator slots, only for requests cut into several pieces.
-  int slot = 0;
-  for (int r = 0; r < batch; ++r) {
-    buf.accum_offset[r] = slot;
-    if (buf.num_splits[r] > 1) slot += buf.num_splits[r];
+    const int fp = first_part[first];
+    m[kBeginBlk] = p == fp ? 0 : static_cast<int>(p * per - prefix[first] - kFixedCost);
+    m[kBeginSplit] = p - fp;
+    m[kLastBlkEnd] = p == last_part[last]
+                         ? static_cast<int>(cost_of(last) - kFixedCost)
+                         : static_cast<int>((p + 1) * per - prefix[last] - kFixedCost);
   }
 }
 
-// One CTA per (request, query row of a KV head, KV head); 128 threads x 4 dims. The partial lse
-// values and their weights go through shared memory so the accumulation loop is just independent
-// float4 loads (the first version walked them serially: 38 us for 64 pieces).
-constexpr int kCombineThreads = 128;
-constexpr int kMaxPieces = 1024;  // >= 2 * parts for any GPU this runs on (checked at launch)
+// One warp per (cut request, query row, quarter of the 512 dims), each lane 4 dims; a CTA holds
+// 2 rows x 4 quarters, and grid.x CTAs stride over the list of cut requests. The grid has a
+// fixed size for CUDA graphs; CTAs with nothing to do return at once. (The first version had a
+// CTA per (request, row): 16384 near-empty CTAs, 23 us at b=128.)
+constexpr int kCombineThreads = 256;
+constexpr int kCombineRows = kCombineThreads / 128;  // rows per CTA
+constexpr int kCombineMaxX = 32;                     // CTAs across the cut requests
+constexpr int kMaxPieces = 1024;  // >= 2 * parts for any GPU this runs on (checked at plan creation)
 
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKernelParams p) {
-  const int req = blockIdx.x, row = blockIdx.y, hk = blockIdx.z;
   grid_dependency_wait();  // the attention kernel's partial results
-  const int n = p.plan.num_splits[req];
-  if (n <= 1) return;
-  __shared__ float w_s[kMaxPieces];
-  __shared__ float red[kCombineThreads / 32];
-  const int base = p.plan.accum_offset[req];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = blockIdx.y * kCombineRows + warp / 4, hk = blockIdx.z;
+  const int d0 = (warp % 4) * 128 + lane * 4;
+  if (row >= p.rows) return;
+  const int n_cut = *p.plan.num_split_reqs;
   const int s = row / p.group, h = hk * p.group + row % p.group;
-  auto slot_index = [&](int k) {
-    return (static_cast<int64_t>(base + k) * p.h_kv + hk) * p.rows + row;
-  };
-  float mx = -INFINITY;
-  for (int k = threadIdx.x; k < n; k += kCombineThreads) {
-    const float l = p.plan.lse_accum[slot_index(k)];
-    w_s[k] = l;
-    mx = fmaxf(mx, l);
-  }
-  for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = mx;
-  __syncthreads();
-  mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-  const bool empty = mx == -INFINITY;
-  __syncthreads();
-  float sum = 0.0f;
-  for (int k = threadIdx.x; k < n; k += kCombineThreads) {
-    const float e = empty ? 0.0f : expf(w_s[k] - mx);  // exp(-inf) = 0 for empty pieces
-    w_s[k] = e;
-    sum += e;
-  }
-  for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = sum;
-  __syncthreads();
-  sum = red[0] + red[1] + red[2] + red[3];
-  const float lse = empty ? INFINITY : mx + logf(sum);
-  const float inv = empty ? 0.0f : 1.0f / sum;
-  const int d0 = threadIdx.x * 4;
-  float acc[4] = {0, 0, 0, 0};
-  const float* o_base = p.plan.o_accum + slot_index(0) * 512 + d0;
-  const int64_t piece_stride = static_cast<int64_t>(p.h_kv) * p.rows * 512;
-#pragma unroll 4
-  for (int k = 0; k < n; ++k) {
-    const float w = w_s[k] * inv;
-    const float4 v = *reinterpret_cast<const float4*>(o_base + k * piece_stride);
-    if (w != 0.0f) {  // an empty piece's partial is 0 but skip it anyway (never NaN * 0)
-      acc[0] += w * v.x;
-      acc[1] += w * v.y;
-      acc[2] += w * v.z;
-      acc[3] += w * v.w;
+  const int64_t piece_stride = static_cast<int64_t>(p.h_kv) * p.rows;  // in slots
+  for (int c = blockIdx.x; c < n_cut; c += gridDim.x) {
+    const int req = p.plan.split_reqs[c];
+    const int n = p.plan.num_splits[req];
+    const int64_t slot0 =
+        (static_cast<int64_t>(p.plan.accum_offset[req]) * p.h_kv + hk) * p.rows + row;
+    const float* lse_in = p.plan.lse_accum + slot0;
+    float mx = -INFINITY;
+    for (int k = lane; k < n; k += 32) mx = fmaxf(mx, lse_in[k * piece_stride]);
+    for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+    const bool empty = mx == -INFINITY;
+    float sum = 0.0f;
+    for (int k = lane; k < n; k += 32) sum += empty ? 0.0f : expf(lse_in[k * piece_stride] - mx);
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
+    const float lse = empty ? INFINITY : mx + logf(sum);
+    const float inv = empty ? 0.0f : 1.0f / sum;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const float* o_in = p.plan.o_accum + slot0 * 512 + d0;
+    // Unrolled so that several pieces' loads are in flight (b=1 cuts a request into ~32 pieces).
+#pragma unroll 8
+    for (int k = 0; k < n; ++k) {
+      const float w = empty ? 0.0f : expf(lse_in[k * piece_stride] - mx) * inv;
+      const float4 v = *reinterpret_cast<const float4*>(o_in + k * piece_stride * 512);
+      if (w != 0.0f) {  // an empty piece (lse -inf) adds nothing, even a non-finite partial
+        acc[0] += w * v.x;
+        acc[1] += w * v.y;
+        acc[2] += w * v.z;
+        acc[3] += w * v.w;
+      }
     }
-  }
-  uint16_t* out =
-      static_cast<uint16_t*>(p.out) + req * p.o_stride_b + s * p.o_stride_s + h * p.o_stride_h + d0;
-  uint16_t bits[4];
+    uint16_t bits[4];
 #pragma unroll
-  for (int c = 0; c < 4; ++c)
-    bits[c] = p.fp16 ? __half_as_ushort(__float2half_rn(acc[c]))
-                     : __bfloat16_as_ushort(__float2bfloat16_rn(acc[c]));
-  uint2 packed;
-  packed.x = bits[0] | (static_cast<uint32_t>(bits[1]) << 16);
-  packed.y = bits[2] | (static_cast<uint32_t>(bits[3]) << 16);
-  *reinterpret_cast<uint2*>(out) = packed;
-  if (threadIdx.x == 0) p.lse[req * p.lse_stride_b + h * p.lse_stride_h + s * p.lse_stride_s] = lse;
+    for (int i = 0; i < 4; ++i)
+      bits[i] = p.fp16 ? __half_as_ushort(__float2half_rn(acc[i]))
+                       : __bfloat16_as_ushort(__float2bfloat16_rn(acc[i]));
+    uint2 packed;
+    packed.x = bits[0] | (static_cast<uint32_t>(bits[1]) << 16);
+    packed.y = bits[2] | (static_cast<uint32_t>(bits[3]) << 16);
+    uint16_t* out = static_cast<uint16_t*>(p.out) + req * p.o_stride_b + s * p.o_stride_s +
+                    h * p.o_stride_h + d0;
+    *reinterpret_cast<uint2*>(out) = packed;
+    if (threadIdx.x % 128 == 0)
+      p.lse[req * p.lse_stride_b + h * p.lse_stride_h + s * p.lse_stride_s] = lse;
+  }
 }
 
 }  // namespace
@@ -212,13 +231,14 @@ void plan_create(DecodePlan::Impl& impl) {
   const int ctas_per_part = st->m_blocks * c.h_kv;
   st->buf.num_parts = std::max(1, sms / ctas_per_part);
   st->buf.accum_slots = 2 * (st->buf.num_parts - 1);
+  st->buf.max_split_reqs = std::max(1, std::min(std::max(c.batch, 1), st->buf.num_parts - 1));
   if (2 * st->buf.num_parts > kMaxPieces)
     throw Error("config.num_sms", "more than " + std::to_string(kMaxPieces / 2) +
                                       " schedule parts are not supported");
   const size_t b = static_cast<size_t>(std::max(c.batch, 1));
   const size_t slot_rows = static_cast<size_t>(st->buf.accum_slots) * c.h_kv * st->rows;
-  const size_t ints = st->buf.num_parts * kPlanMetaInts + 2 * b;
-  const size_t bytes = ints * 4 + 256 + slot_rows * 4 + 256 + slot_rows * 512 * 4;
+  const size_t ints = st->buf.num_parts * kPlanMetaInts + 2 * b + st->buf.max_split_reqs + 1;
+  const size_t bytes = ints * 4 + 256 + slot_rows * 4 + 256 + slot_rows * 512 * 4 + 256 + b * 16;
   char* base = nullptr;
   try {
     OPENMLA_CUDA_CHECK(cudaMalloc(&base, bytes));
@@ -233,10 +253,18 @@ void plan_create(DecodePlan::Impl& impl) {
   st->buf.num_splits = reinterpret_cast<int32_t*>(base + off);
   off += b * 4;
   st->buf.accum_offset = reinterpret_cast<int32_t*>(base + off);
-  off = align(off + b * 4);
+  off += b * 4;
+  st->buf.split_reqs = reinterpret_cast<int32_t*>(base + off);
+  off += st->buf.max_split_reqs * 4;
+  st->buf.num_split_reqs = reinterpret_cast<int32_t*>(base + off);
+  off = align(off + 4);
   st->buf.lse_accum = reinterpret_cast<float*>(base + off);
   off = align(off + slot_rows * 4);
   st->buf.o_accum = reinterpret_cast<float*>(base + off);
+  off = align(off + slot_rows * 512 * 4);
+  st->scratch.prefix = reinterpret_cast<long long*>(base + off);
+  st->scratch.first_part = reinterpret_cast<int*>(base + off + b * 8);
+  st->scratch.last_part = reinterpret_cast<int*>(base + off + b * 12);
   impl.workspace = st;
   impl.workspace_bytes = bytes;
 }
@@ -257,13 +285,14 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
   if (impl.config.batch == 0) return;
   launch_pdl(false, planner_kernel, dim3(1), dim3(kPlannerThreads), 0, static_cast<cudaStream_t>(stream),
              static_cast<const int32_t*>(cache_seqlens.data), cache_seqlens.strides[0],
-             impl.config.batch, impl.config.batch_invariant ? 1 : 0, st->buf);
+             impl.config.batch, impl.config.batch_invariant ? 1 : 0, st->buf, st->scratch);
   st->updated = true;
 }
 
 void launch_combine(const DenseDecodeKernelParams& p, cudaStream_t stream) {
   if (p.plan.num_parts <= 1) return;  // nothing is ever split
-  dim3 grid(p.batch, p.rows, p.h_kv);
+  dim3 grid(std::min(p.plan.max_split_reqs, kCombineMaxX), (p.rows + kCombineRows - 1) / kCombineRows,
+            p.h_kv);
   launch_pdl(true, combine_kernel, grid, dim3(kCombineThreads), 0, stream, p);
 }
 

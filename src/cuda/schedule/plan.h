@@ -10,8 +10,16 @@ namespace openmla::sm90 {
 
 inline constexpr int kBlockTokens = 64;  // KV tokens per block (one wgmma N tile)
 
+// Per-request working arrays of the planner for batches too big for its shared memory.
+struct PlanScratch {
+  long long* prefix;  // [b]
+  int* first_part;    // [b]
+  int* last_part;     // [b]
+};
+
 struct PlanState {
   PlanBuffers buf{};
+  PlanScratch scratch{};
   int m_blocks = 1;
   int rows = 1;  // query rows per KV head
   bool updated = false;
