@@ -75,6 +75,13 @@ __device__ __forceinline__ void mbar_arrive_expect_tx_pred(uint64_t* bar, uint32
 }
 // Predicated 32-bit global load: `fallback` when `pred` is false (the address is not touched).
 // Deliberately not .nc: ptxas may hoist non-coherent loads above griddepcontrol.wait.
+__device__ __forceinline__ void mbar_arrive_pred(uint64_t* bar, bool pred) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n"
+      "@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}" ::"r"(smem_addr(bar)),
+      "r"(static_cast<int>(pred))
+      : "memory");
+}
 __device__ __forceinline__ int ld_pred(const int32_t* ptr, bool pred, int fallback) {
   int v = fallback;
   asm volatile(

@@ -1,4 +1,5 @@
 // Dense decode launcher: CUDA-specific checks, TMA map of the paged cache, kernel + combine.
+#include <cstdlib>
 #include <numeric>
 
 #include "backend.h"
@@ -6,6 +7,7 @@
 #include "cuda/common/launch.h"
 #include "cuda/common/tma.h"
 #include "cuda/decode_dense/kernel.cuh"
+#include "cuda/decode_dense/narrow.cuh"
 #include "cuda/schedule/plan.h"
 
 namespace openmla::sm90 {
@@ -40,6 +42,41 @@ void launch(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 grid
 #if defined(OPENMLA_DECODE_PROFILE)
   dense_decode_prof_print<<<1, 1, 0, stream>>>();
 #endif
+}
+
+template <int kChunks, bool kFp16, int kN>
+void launch_narrow(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 grid,
+                   cudaStream_t stream) {
+  auto kernel = narrow_decode_kernel<kChunks, kFp16, kN>;
+  using L = NarrowSmem<kChunks, kN>;
+  static bool configured = false;  // per instantiation
+  if (!configured) {
+    OPENMLA_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kAlloc));
+    configured = true;
+  }
+  launch_pdl(false, kernel, grid, dim3(kNarrowThreads), L::kAlloc, stream, map, kp);
+}
+
+template <int kChunks, bool kFp16>
+void launch_any(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 grid,
+                bool narrow, cudaStream_t stream) {
+  if (!narrow)
+    launch<kChunks, kFp16>(map, kp, grid, stream);
+  else if (kp.rows <= 16)
+    launch_narrow<kChunks, kFp16, 16>(map, kp, grid, stream);
+  else
+    launch_narrow<kChunks, kFp16, 32>(map, kp, grid, stream);
+}
+
+// Development switch for A/B measurements: OPENMLA_DECODE_NO_NARROW=1 sends every shape to the
+// main kernel.
+bool narrow_disabled() {
+  static const bool v = [] {
+    const char* e = std::getenv("OPENMLA_DECODE_NO_NARROW");
+    return e != nullptr && e[0] == '1';
+  }();
+  return v;
 }
 
 }  // namespace
@@ -110,16 +147,18 @@ void dense_decode(const DenseDecodeParams& p) {
 
   const auto stream = static_cast<cudaStream_t>(p.stream);
   const dim3 grid(st.m_blocks, static_cast<unsigned>(h_kv), st.buf.num_parts);
+  // Few query rows per KV head and whole 64-token boxes: the transposed, ring-buffered kernel.
+  const bool narrow = st.rows <= 32 && page_size % 64 == 0 && !narrow_disabled();
   if (d_qk == 576) {
     if (fp16)
-      launch<9, true>(map, kp, grid, stream);
+      launch_any<9, true>(map, kp, grid, narrow, stream);
     else
-      launch<9, false>(map, kp, grid, stream);
+      launch_any<9, false>(map, kp, grid, narrow, stream);
   } else {
     if (fp16)
-      launch<8, true>(map, kp, grid, stream);
+      launch_any<8, true>(map, kp, grid, narrow, stream);
     else
-      launch<8, false>(map, kp, grid, stream);
+      launch_any<8, false>(map, kp, grid, narrow, stream);
   }
   launch_combine(kp, stream);
 }

@@ -1,0 +1,369 @@
+// Dense MLA decode for few query rows per KV head (rows = s_q * h_q / h_kv <= 32: h_q 16 or 32 at
+// s_q 1, the tensor-parallel shards of DeepSeek-class models), sm_90a.
+//
+// The main kernel (kernel.cuh) multiplies 64 query rows per wgmma; with 16 real rows three quarters
+// of its tensor and shared-memory work is padding, and its Q tile (72 KB) leaves room for only two
+// 72 KB K stages, too little in flight to stream the cache at full bandwidth. Here the products are
+// transposed so the tokens are the M = 64 side and the query rows the narrow N side:
+//   S^T = K Q^T   (wgmma m64nNk16: A = a 64x64 chunk of K, B = the Q tile, both K-major)
+//   O^T += V^T P^T (A = the same chunk read MN-major (transposed), B = P^T, K-major)
+// so a chunk of K costs 2 KB of A per k16 step and Q only N x 32 bytes; O^T (512 x N) lives in one
+// warpgroup's registers (4 N per thread). The K cache streams through a ring of 8 KB chunk slots
+// (~25 for N = 16, ~22 for N = 32: about three blocks) filled by one producer warp with TMA; a slot
+// is released as soon as its last reader is done (the RoPE chunk after S, V chunks after P V), so
+// loads for later blocks are in flight while a block is computed.
+//
+// One consumer warpgroup: per block j, S^T(j) -> column (= query row) maxima over the 64 tokens
+// (shuffles + one exchange through shared memory) -> P^T(j) -> O^T rescaled and O^T += V^T P^T,
+// with S^T(j+1) issued right behind P V(j). Page size must be a multiple of 64 (one TMA box per
+// chunk); other page sizes use the main kernel.
+#pragma once
+
+#include "cuda/decode_dense/kernel.cuh"
+
+namespace openmla::sm90::dense_decode_detail {
+
+inline constexpr int kNarrowThreads = 256;  // warpgroup 0: consumer; warp 4: producer
+inline constexpr int kNarrowBar = 1;        // named barrier of the consumer warpgroup
+
+__host__ __device__ constexpr int align_up(int x, int a) { return (x + a - 1) / a * a; }
+
+template <int kChunks, int kN>
+struct NarrowSmem {
+  static constexpr int kQChunk = kN * 128;  // one 64-dim chunk of an N-row K-major tile
+  static constexpr int kQ = 0;              // Q tile [kChunks][kN rows][64], swizzled
+  static constexpr int kP = align_up(kChunks * kQChunk, 1024);  // P^T tiles [2][kN][64 tokens]
+  static constexpr int kRed = kP + 2 * kQChunk;  // float [2][4 warps][kN]: column maxima
+  static constexpr int kSum = kRed + 2 * 4 * kN * 4;  // float [4][kN]: row sums (epilogue)
+  static constexpr int kRing = align_up(kSum + 4 * kN * 4, 1024);
+  static constexpr int kBudget = 227 * 1024 - 1024;  // minus the alignment slack
+  static constexpr int kSlots = (kBudget - kRing) / (kChunkBytes + 16);
+  static constexpr int kBars = kRing + kSlots * kChunkBytes;  // uint64 full[kSlots], empty[kSlots]
+  static constexpr int kBytes = kBars + 2 * kSlots * 8;
+  static constexpr int kAlloc = kBytes + 1024;
+  static_assert(kAlloc <= 227 * 1024, "shared memory budget");
+  static_assert(kSlots >= 2 * kChunks, "the ring must hold two blocks");
+};
+
+template <bool kFp16, int kN>
+__device__ __forceinline__ void mma_st(float (&d)[kN / 2], uint64_t a, uint64_t b, int scale_d) {
+  if constexpr (kN == 16) {
+    if constexpr (kFp16)
+      wgmma_m64n16k16_f16_ss(d, a, b, scale_d);
+    else
+      wgmma_m64n16k16_bf16_ss(d, a, b, scale_d);
+  } else {
+    if constexpr (kFp16)
+      wgmma_m64n32k16_f16_ss(d, a, b, scale_d);
+    else
+      wgmma_m64n32k16_bf16_ss(d, a, b, scale_d);
+  }
+}
+template <bool kFp16, int kN>
+__device__ __forceinline__ void mma_ot(float (&d)[kN / 2], uint64_t a, uint64_t b) {
+  if constexpr (kN == 16) {
+    if constexpr (kFp16)
+      wgmma_m64n16k16_f16_ss_ta(d, a, b, 1);
+    else
+      wgmma_m64n16k16_bf16_ss_ta(d, a, b, 1);
+  } else {
+    if constexpr (kFp16)
+      wgmma_m64n32k16_f16_ss_ta(d, a, b, 1);
+    else
+      wgmma_m64n32k16_bf16_ss_ta(d, a, b, 1);
+  }
+}
+
+template <int kChunks, bool kFp16, int kN>
+__global__ void __launch_bounds__(kNarrowThreads, 1)
+    narrow_decode_kernel(const __grid_constant__ CUtensorMap kmap,
+                         const DenseDecodeKernelParams p) {
+  using Elem = std::conditional_t<kFp16, __half, __nv_bfloat16>;
+  using L = NarrowSmem<kChunks, kN>;
+  constexpr int kCols = kN / 4;        // query rows (S^T columns) held per thread
+  constexpr int kAcc = kN / 2;         // accumulator registers of one m64nN tile
+  constexpr int kVChunks = 8;          // chunks 0-7 are V (512 dims); chunk 8 is RoPE only
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBars);
+  uint64_t* empty = full + L::kSlots;
+  const int hk = blockIdx.y, part = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wg = __shfl_sync(0xffffffff, warp / 4, 0);
+  if (tid == 0) {
+    tma_prefetch_desc(&kmap);
+    for (int i = 0; i < L::kSlots; ++i) {
+      mbar_init(&full[i], 1);
+      mbar_init(&empty[i], 1);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (wg == 1) {
+    // ===== producer: warp 4 streams every chunk of every block of this part into the ring =====
+    if (warp != 4) return;
+    const uint64_t policy = l2_policy_evict_first();
+    uint32_t count = 0;
+    uint8_t* ring = smem + L::kRing;
+    for_each_segment(p, part, [&](const Segment& seg) {
+      const int req = __shfl_sync(0xffffffff, seg.req, 0);
+      const int blk_lo = __shfl_sync(0xffffffff, seg.blk_lo, 0);
+      const int blk_hi = __shfl_sync(0xffffffff, seg.blk_hi, 0);
+      for (int base = blk_lo; base < blk_hi; base += 32) {
+        const int nb = min(32, blk_hi - base);
+        // Lane l looks up the page of block base + l (a 64-token block never straddles a page).
+        const int page_idx = (base + lane) * 64 / p.page_size;
+        const bool in_table = lane < nb && page_idx < p.max_pages;
+        const int32_t* entry = p.block_table + static_cast<int64_t>(req) * p.bt_stride +
+                               (in_table ? page_idx : 0);
+        const int page_l = ld_pred(entry, in_table, -1);
+        for (int k = 0; k < nb; ++k) {
+          const int page = __shfl_sync(0xffffffff, page_l, k);
+          const int in_page = ((base + k) * 64) % p.page_size;
+          for (int c = 0; c < kChunks; ++c) {
+            const int slot = static_cast<int>(count % L::kSlots);
+            const uint32_t use = count / L::kSlots;
+            mbar_wait(&empty[slot], (use & 1) ^ 1);
+            mbar_arrive_expect_tx_pred(&full[slot], kChunkBytes, lane == 0);
+            tma_load_4d_pred(ring + slot * kChunkBytes, &kmap, &full[slot], c * 64, hk, in_page,
+                             page, policy, lane == 0);
+            ++count;
+          }
+        }
+      }
+    });
+    return;
+  }
+
+  // ===== consumer: warpgroup 0 =====
+  const int wl = tid;  // 0..127
+  const int r0 = (warp % 4) * 16 + lane / 4;  // token rows r0, r0 + 8 of an S^T tile
+  const int cq = 2 * (lane % 4);              // query-row columns 8 j + cq + {0, 1}
+  const float sl2 = p.scale_log2;
+  const uint32_t ring_addr = smem_addr(smem + L::kRing);
+  const uint64_t k_base = make_desc_sw128(ring_addr, 16, 1024);           // K chunk as A
+  const uint64_t v_base = make_desc_sw128(ring_addr, kChunkBytes, 1024);  // V^T chunk as A
+  const uint64_t q_base = make_desc_sw128(smem_addr(smem + L::kQ), 16, 1024);
+  const uint64_t p_base = make_desc_sw128(smem_addr(smem + L::kP), 16, 1024);
+  auto at = [](uint64_t base, uint32_t bytes) { return opaque(base) + (bytes >> 4); };
+  auto slot_of = [](uint32_t n) { return static_cast<int>(n % L::kSlots); };
+  float* red = reinterpret_cast<float*>(smem + L::kRed);
+  float* sums = reinterpret_cast<float*>(smem + L::kSum);
+  // Releases chunk slot n once its last reader is done (thread 0 only, predicated: no branch next
+  // to the wgmma).
+  auto release = [&](uint32_t n) { mbar_arrive_pred(&empty[slot_of(n)], wl == 0); };
+  // S^T of the block whose chunks start at count n0 (waits for each chunk's TMA).
+  auto issue_s = [&](float(&sc)[kAcc], uint32_t n0) {
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const uint32_t n = n0 + c;
+      mbar_wait(&full[slot_of(n)], (n / L::kSlots) & 1);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        mma_st<kFp16, kN>(sc, at(k_base, slot_of(n) * kChunkBytes + kk * 32),
+                          at(q_base, c * L::kQChunk + kk * 32), (c | kk) != 0);
+    }
+  };
+
+  uint32_t count = 0;  // chunks consumed so far (the producer's sequence)
+  for_each_segment(p, part, [&](const Segment& seg) {
+    Segment s;
+    s.req = __shfl_sync(0xffffffff, seg.req, 0);
+    s.len = __shfl_sync(0xffffffff, seg.len, 0);
+    s.blk_lo = __shfl_sync(0xffffffff, seg.blk_lo, 0);
+    s.blk_hi = __shfl_sync(0xffffffff, seg.blk_hi, 0);
+    s.split = __shfl_sync(0xffffffff, seg.split, 0);
+    // ---- Q tile: the kN query rows of this KV head (zero rows past p.rows) ----
+    {
+      const Elem* q = static_cast<const Elem*>(p.q);
+      constexpr int kUnitsPerRow = kChunks * 8;  // 16-byte units
+#pragma unroll 1
+      for (int u = wl; u < kN * kUnitsPerRow; u += 128) {
+        const int r = u / kUnitsPerRow, cu = u % kUnitsPerRow;
+        const bool valid = r < p.rows;
+        const int sq = valid ? r / p.group : 0, h = valid ? hk * p.group + r % p.group : 0;
+        const Elem* src = q + s.req * p.q_stride_b + sq * p.q_stride_s + h * p.q_stride_h + cu * 8;
+        const int chunk = cu / 8, unit = cu % 8;
+        cp_async_16(smem + L::kQ + chunk * L::kQChunk + r * 128 + ((unit ^ (r & 7)) << 4), src,
+                    valid ? 16 : 0);
+      }
+      cp_async_wait_all();
+      fence_proxy_async();
+      named_barrier(kNarrowBar, 128);
+    }
+    // Token limit (exclusive) of each query-row column this thread holds.
+    int limit[kCols];
+#pragma unroll
+    for (int k = 0; k < kCols; ++k) {
+      const int col = 8 * (k / 2) + cq + (k & 1);
+      int lim = s.len;
+      if (p.causal && col < p.rows) lim = min(s.len, max(0, s.len - p.s_q + col / p.group + 1));
+      limit[k] = lim;
+    }
+    float o[8][kAcc];  // O^T: 8 tiles of 64 dims x kN
+#pragma unroll
+    for (int t = 0; t < 8; ++t)
+#pragma unroll
+      for (int i = 0; i < kAcc; ++i) o[t][i] = 0.0f;
+    float m[kCols], l[kCols];
+#pragma unroll
+    for (int k = 0; k < kCols; ++k) {
+      m[k] = -INFINITY;
+      l[k] = 0.0f;
+    }
+    float sc[kAcc];
+    const int nblk = s.blk_hi - s.blk_lo;
+    wgmma_fence();
+    if (nblk > 0) issue_s(sc, count);
+    wgmma_commit();
+    for (int j = 0; j < nblk; ++j) {
+      const uint32_t n0 = count + j * kChunks;
+      const int blk = s.blk_lo + j;
+      wgmma_wait<0>();  // S^T(j) (and everything before it) is done
+      fence_regs(sc);
+      if constexpr (kChunks > kVChunks) release(n0 + kVChunks);  // the RoPE chunk: S only
+      // ---- column maxima over the block's 64 tokens ----
+      float cm[kCols];
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) cm[k] = -INFINITY;
+#pragma unroll
+      for (int jj = 0; jj < kN / 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int k = 2 * jj + (e & 1);
+          const int tok = blk * 64 + r0 + 8 * (e / 2);
+          const float v = tok < limit[k] ? sc[4 * jj + e] : -INFINITY;
+          sc[4 * jj + e] = v;
+          cm[k] = fmaxf(cm[k], v);
+        }
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) {
+        cm[k] = fmaxf(cm[k], __shfl_xor_sync(0xffffffff, cm[k], 4));
+        cm[k] = fmaxf(cm[k], __shfl_xor_sync(0xffffffff, cm[k], 8));
+        cm[k] = fmaxf(cm[k], __shfl_xor_sync(0xffffffff, cm[k], 16));
+      }
+      float* red_j = red + (j & 1) * 4 * kN;  // double-buffered by block parity
+      if (lane < 4) {
+#pragma unroll
+        for (int k = 0; k < kCols; ++k) red_j[(warp % 4) * kN + 8 * (k / 2) + cq + (k & 1)] = cm[k];
+      }
+      // V rows past the end of the cache must be finite zeros (P is 0 there, 0 * NaN is not).
+      // All chunks of block j have landed (S^T waited for them).
+      const int valid = min(64, s.len - blk * 64);
+      if (valid < 64) {
+        const int n16 = (64 - valid) * kVChunks * 8;
+        for (int u = wl; u < n16; u += 128) {
+          const int row = valid + u / 64, chunk = (u / 8) % 8, unit = u % 8;
+          *reinterpret_cast<uint4*>(smem + L::kRing + slot_of(n0 + chunk) * kChunkBytes +
+                                    row * 128 + (unit << 4)) = make_uint4(0, 0, 0, 0);
+        }
+        fence_proxy_async();
+      }
+      named_barrier(kNarrowBar, 128);
+      float f[kCols], base[kCols];
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) {
+        const int col = 8 * (k / 2) + cq + (k & 1);
+        float mx = cm[k];
+#pragma unroll
+        for (int w = 0; w < 4; ++w) mx = fmaxf(mx, red_j[w * kN + col]);
+        const float m_new = fmaxf(m[k], mx);
+        f[k] = rescale(m[k], m_new, sl2);
+        base[k] = m_new == -INFINITY ? 0.0f : m_new * sl2;
+        m[k] = m_new;
+        l[k] *= f[k];
+      }
+      // ---- P^T = exp(S^T - m) into the block's P^T tile (rows = query rows, K-major) ----
+      uint8_t* pt = smem + L::kP + (j & 1) * L::kQChunk;
+#pragma unroll
+      for (int jj = 0; jj < kN / 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int k = 2 * jj + (e & 1);
+          const float pv = fast_exp2(fmaf(sc[4 * jj + e], sl2, -base[k]));
+          l[k] += pv;
+          const int col = 8 * jj + cq + (e & 1), tok = r0 + 8 * (e / 2);
+          *reinterpret_cast<Elem*>(pt + sw128_offset(col, tok * 2)) = Elem(pv);
+        }
+#pragma unroll
+      for (int t = 0; t < 8; ++t)
+#pragma unroll
+        for (int i = 0; i < kAcc; ++i) o[t][i] *= f[(i / 4) * 2 + (i & 1)];
+      fence_proxy_async();
+      named_barrier(kNarrowBar, 128);
+      // ---- O^T += V^T P^T (group A), then S^T(j + 1) (group B) ----
+      wgmma_fence();
+#pragma unroll
+      for (int t = 0; t < kVChunks; ++t)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          mma_ot<kFp16, kN>(o[t], at(v_base, slot_of(n0 + t) * kChunkBytes + kk * 2048),
+                            at(p_base, (j & 1) * L::kQChunk + kk * 32));
+      wgmma_commit();
+      if (j + 1 < nblk) issue_s(sc, n0 + kChunks);
+      wgmma_commit();
+      wgmma_wait<1>();  // P V(j) done: its V chunks are free
+#pragma unroll
+      for (int t = 0; t < kVChunks; ++t) release(n0 + t);
+    }
+    wgmma_wait<0>();
+#pragma unroll
+    for (int t = 0; t < 8; ++t) fence_regs(o[t]);
+    count += nblk * kChunks;
+
+    // ---- epilogue: column sums across the warpgroup, normalize, store ----
+#pragma unroll
+    for (int k = 0; k < kCols; ++k) {
+      l[k] += __shfl_xor_sync(0xffffffff, l[k], 4);
+      l[k] += __shfl_xor_sync(0xffffffff, l[k], 8);
+      l[k] += __shfl_xor_sync(0xffffffff, l[k], 16);
+    }
+    if (lane < 4) {
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) sums[(warp % 4) * kN + 8 * (k / 2) + cq + (k & 1)] = l[k];
+    }
+    named_barrier(kNarrowBar, 128);
+    const int nsplit = p.plan.num_splits[s.req];
+#pragma unroll
+    for (int k = 0; k < kCols; ++k) {
+      const int col = 8 * (k / 2) + cq + (k & 1);
+      const float lt = sums[col] + sums[kN + col] + sums[2 * kN + col] + sums[3 * kN + col];
+      const bool empty_row = lt == 0.0f;
+      const float inv = empty_row ? 0.0f : 1.0f / lt;
+      const float lse = empty_row ? INFINITY : m[k] * p.scale + logf(lt);
+      if (col >= p.rows) continue;
+      const int sq = col / p.group, h = hk * p.group + col % p.group;
+      if (nsplit <= 1) {
+        Elem* out = static_cast<Elem*>(p.out) + s.req * p.o_stride_b + sq * p.o_stride_s +
+                    h * p.o_stride_h;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+          const int i = (k / 2) * 4 + (k & 1);
+          out[64 * t + r0] = Elem(o[t][i] * inv);
+          out[64 * t + r0 + 8] = Elem(o[t][i + 2] * inv);
+        }
+        if (warp == 0 && lane < 4)
+          p.lse[s.req * p.lse_stride_b + h * p.lse_stride_h + sq * p.lse_stride_s] = lse;
+      } else {
+        const int64_t slot =
+            (static_cast<int64_t>(p.plan.accum_offset[s.req] + s.split) * p.h_kv + hk) * p.rows +
+            col;
+        float* acc = p.plan.o_accum + slot * 512;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+          const int i = (k / 2) * 4 + (k & 1);
+          acc[64 * t + r0] = o[t][i] * inv;
+          acc[64 * t + r0 + 8] = o[t][i + 2] * inv;
+        }
+        if (warp == 0 && lane < 4) p.plan.lse_accum[slot] = empty_row ? -INFINITY : lse;
+      }
+    }
+    // Q, P^T and the sums are rewritten by the next segment only after every thread is here.
+    named_barrier(kNarrowBar, 128);
+  });
+  // The combine kernel (PDL) may be scheduled from here on; it waits for this grid to finish.
+  grid_launch_dependents();
+}
+
+}  // namespace openmla::sm90::dense_decode_detail
