@@ -10,7 +10,8 @@ namespace openmla::sm90 {
 // [begin_req, last_req] with block ranges [begin_blk, ...) for the first and [..., last_blk_end)
 // for the last (blocks of 64 tokens); begin_split is the split index of its first request.
 inline constexpr int kPlanMetaInts = 8;
-enum PlanMeta : int { kBeginReq = 0, kBeginBlk, kLastReq, kLastBlkEnd, kBeginSplit };
+// kBeginLen: cache length of the first request (saves the kernel a dependent load at its start).
+enum PlanMeta : int { kBeginReq = 0, kBeginBlk, kLastReq, kLastBlkEnd, kBeginSplit, kBeginLen };
 
 struct PlanBuffers {
   int32_t* meta;          // [num_parts][kPlanMetaInts]

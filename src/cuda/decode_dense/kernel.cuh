@@ -156,7 +156,7 @@ __device__ __forceinline__ void for_each_segment(const DenseDecodeKernelParams& 
   const int32_t* m = p.plan.meta + part * kPlanMetaInts;
   const int begin_req = m[kBeginReq], last_req = m[kLastReq];
   for (int req = begin_req; req <= last_req && req < p.batch; ++req) {
-    const int len = max(0, p.seqlens[req * p.seqlens_stride]);
+    const int len = req == begin_req ? m[kBeginLen] : max(0, p.seqlens[req * p.seqlens_stride]);
     const int nblk = (len + 63) / 64;
     Segment s;
     s.req = req;
@@ -460,13 +460,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     s.blk_lo = __shfl_sync(0xffffffff, seg.blk_lo, 0);
     s.blk_hi = __shfl_sync(0xffffffff, seg.blk_hi, 0);
     s.split = __shfl_sync(0xffffffff, seg.split, 0);
-    // First pair of this segment: both stages are free (end-of-segment barrier below).
-    if (s.blk_lo < s.blk_hi) {
-      if (wg == 0)
-        load(0, s, s.blk_lo, box_page(p, s, s.blk_lo, wl), 0, kChunks);
-      else if (s.blk_lo + 1 < s.blk_hi)
-        load(1, s, s.blk_lo + 1, box_page(p, s, s.blk_lo + 1, wl), 0, kChunks);
-    }
+    // The block-table entry of this warpgroup's first block is requested before the Q copies
+    // are issued and used after them, so the two latencies overlap.
+    const bool has_first = s.blk_lo + wg < s.blk_hi;
+    const int first_page = box_page(p, s, has_first ? s.blk_lo + wg : s.blk_lo, wl);
     // ---- Q tile: rows (s, g) of this KV head, zero-padded to 64, into swizzled chunks ----
     {
       const Elem* q = static_cast<const Elem*>(p.q);
@@ -486,6 +483,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int chunk = cu / 8, unit = cu % 8;
         cp_async_16(smem + L::kQ + chunk * kChunkBytes + r * 128 + ((unit ^ (r & 7)) << 4), src,
                     valid ? 16 : 0);
+      }
+      // First pair of this segment: both stages are free (end-of-segment barrier below).
+      if (has_first) {
+        if (wg == 0)
+          load(0, s, s.blk_lo, first_page, 0, kChunks);
+        else
+          load(1, s, s.blk_lo + 1, first_page, 0, kChunks);
       }
       cp_async_wait_all();
       fence_proxy_async();

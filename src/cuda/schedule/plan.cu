@@ -138,8 +138,10 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
       m[kBeginBlk] = 0;
       m[kBeginSplit] = 0;
       m[kLastBlkEnd] = 0;
+      m[kBeginLen] = 0;
       continue;
     }
+    m[kBeginLen] = max(0, seqlens[first * seqlens_stride]);
     const int fp = first_part[first];
     m[kBeginBlk] = p == fp ? 0 : static_cast<int>(p * per - prefix[first] - kFixedCost);
     m[kBeginSplit] = p - fp;
@@ -184,16 +186,24 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
     const float inv = empty ? 0.0f : 1.0f / sum;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const float* o_in = p.plan.o_accum + slot0 * 512 + d0;
-    // Unrolled so that several pieces' loads are in flight (b=1 cuts a request into ~32 pieces).
-#pragma unroll 8
-    for (int k = 0; k < n; ++k) {
-      const float w = empty ? 0.0f : expf(lse_in[k * piece_stride] - mx) * inv;
-      const float4 v = *reinterpret_cast<const float4*>(o_in + k * piece_stride * 512);
-      if (w != 0.0f) {  // an empty piece (lse -inf) adds nothing, even a non-finite partial
-        acc[0] += w * v.x;
-        acc[1] += w * v.y;
-        acc[2] += w * v.z;
-        acc[3] += w * v.w;
+    // 32 pieces at a time: lane k computes piece kb + k's weight once, the loop takes it by shuffle,
+    // so the partial-output loads do not wait on anything and are issued back to back (the first
+    // version loaded and exponentiated each lse inside the loop: 17 us for one request in 32
+    // pieces).
+    for (int kb = 0; kb < n; kb += 32) {
+      const int kl = kb + lane;
+      const float w_lane = (kl < n && !empty) ? expf(lse_in[kl * piece_stride] - mx) * inv : 0.0f;
+      const int cnt = min(32, n - kb);
+#pragma unroll 16
+      for (int k = 0; k < cnt; ++k) {
+        const float w = __shfl_sync(0xffffffff, w_lane, k);
+        const float4 v = *reinterpret_cast<const float4*>(o_in + (kb + k) * piece_stride * 512);
+        if (w != 0.0f) {  // an empty piece (lse -inf) adds nothing, even a non-finite partial
+          acc[0] += w * v.x;
+          acc[1] += w * v.y;
+          acc[2] += w * v.z;
+          acc[3] += w * v.w;
+        }
       }
     }
     uint16_t bits[4];
