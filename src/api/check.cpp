@@ -185,9 +185,22 @@ void outputs(std::initializer_list<Named> outs, std::initializer_list<Named> ins
 
 void device_pointers(std::initializer_list<Named> tensors) {
 #if defined(OPENMLA_WITH_CUDA)
+  // Pointers that passed recently (per thread): a decode step passes the same buffers layer after
+  // layer, and each cudaPointerGetAttributes is host time on the latency path of an eager call.
+  struct Seen {
+    const void* data;
+    int device;
+  };
+  constexpr int kSeen = 32;
+  thread_local Seen seen[kSeen];
+  thread_local int seen_used = 0, seen_next = 0;
   for (const Named& n : tensors) {
     const TensorView& t = n.t;
     if (!t.present() || t.device.type != DeviceType::kCUDA || t.numel() == 0) continue;
+    bool known = false;
+    for (int i = 0; i < seen_used && !known; ++i)
+      known = seen[i].data == t.data && seen[i].device == t.device.index;
+    if (known) continue;
     cudaPointerAttributes a{};
     const cudaError_t e = cudaPointerGetAttributes(&a, t.data);
     if (e != cudaSuccess) {
@@ -204,6 +217,9 @@ void device_pointers(std::initializer_list<Named> tensors) {
       fail(n.arg, "expected a pointer to memory of " + device_name(t.device) +
                       ", got memory of cuda:" + std::to_string(a.device) + " at " +
                       pointer_str(t.data) + " for " + t.describe());
+    seen[seen_next] = {t.data, t.device.index};
+    seen_next = (seen_next + 1) % kSeen;
+    seen_used = seen_used < kSeen ? seen_used + 1 : seen_used;
   }
 #else
   (void)tensors;

@@ -4,6 +4,7 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <string>
 
 #include "cuda/common/cuda_check.h"
@@ -29,6 +30,24 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 CUtensorMap make_tensor_map_4d(const char* arg, const void* base, CUtensorMapDataType dtype,
                                const uint64_t dims[4], const uint64_t strides_bytes[3],
                                const uint32_t box[4]) {
+  // A decode step encodes the same cache's map once per layer and step: the last few maps are
+  // kept per thread (the encoding is pure host work, keyed by every argument).
+  struct Entry {
+    const void* base;
+    CUtensorMapDataType dtype;
+    uint64_t dims[4], strides[3];
+    uint32_t box[4];
+    CUtensorMap map;
+  };
+  constexpr int kEntries = 8;
+  thread_local Entry cache[kEntries];
+  thread_local int used = 0, next = 0;
+  for (int i = 0; i < used; ++i) {
+    const Entry& e = cache[i];
+    if (e.base == base && e.dtype == dtype && std::equal(dims, dims + 4, e.dims) &&
+        std::equal(strides_bytes, strides_bytes + 3, e.strides) && std::equal(box, box + 4, e.box))
+      return e.map;
+  }
   CUtensorMap map;
   const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
   cuuint64_t d[4] = {dims[0], dims[1], dims[2], dims[3]};
@@ -42,6 +61,15 @@ CUtensorMap make_tensor_map_4d(const char* arg, const void* base, CUtensorMapDat
                 "cannot describe this tensor to the TMA engine (cuTensorMapEncodeTiled error " +
                     std::to_string(static_cast<int>(r)) +
                     "): base must be 16-byte aligned and strides multiples of 16 bytes");
+  Entry& e = cache[next];
+  e.base = base;
+  e.dtype = dtype;
+  std::copy(dims, dims + 4, e.dims);
+  std::copy(strides_bytes, strides_bytes + 3, e.strides);
+  std::copy(box, box + 4, e.box);
+  e.map = map;
+  next = (next + 1) % kEntries;
+  used = used < kEntries ? used + 1 : used;
   return map;
 }
 

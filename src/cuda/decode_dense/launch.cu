@@ -147,8 +147,8 @@ void dense_decode(const DenseDecodeParams& p) {
 
   const auto stream = static_cast<cudaStream_t>(p.stream);
   const dim3 grid(st.m_blocks, static_cast<unsigned>(h_kv), st.buf.num_parts);
-  // Few query rows per KV head and whole 64-token boxes: the transposed, ring-buffered kernel.
-  const bool narrow = st.rows <= 32 && page_size % 64 == 0 && !narrow_disabled();
+  // Few query rows per KV head: the transposed, ring-buffered kernel.
+  const bool narrow = st.rows <= 32 && !narrow_disabled();
   if (d_qk == 576) {
     if (fp16)
       launch_any<9, true>(map, kp, grid, narrow, stream);

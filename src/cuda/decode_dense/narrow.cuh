@@ -15,8 +15,8 @@
 //
 // One consumer warpgroup: per block j, S^T(j) -> column (= query row) maxima over the 64 tokens
 // (shuffles + one exchange through shared memory) -> P^T(j) -> O^T rescaled and O^T += V^T P^T,
-// with S^T(j+1) issued right behind P V(j). Page size must be a multiple of 64 (one TMA box per
-// chunk); other page sizes use the main kernel.
+// with S^T(j+1) issued right behind P V(j). Any page size: a chunk is one TMA box when the page
+// size is a multiple of 64, else 64 / gcd(page size, 64) boxes issued by the producer's lanes.
 #pragma once
 
 #include "cuda/decode_dense/kernel.cuh"
@@ -108,26 +108,62 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     uint8_t* ring = smem + L::kRing;
     for_each_segment(p, part, [&](const Segment& seg) {
       const int req = __shfl_sync(0xffffffff, seg.req, 0);
+      const int len = __shfl_sync(0xffffffff, seg.len, 0);
       const int blk_lo = __shfl_sync(0xffffffff, seg.blk_lo, 0);
       const int blk_hi = __shfl_sync(0xffffffff, seg.blk_hi, 0);
-      for (int base = blk_lo; base < blk_hi; base += 32) {
-        const int nb = min(32, blk_hi - base);
-        // Lane l looks up the page of block base + l (a 64-token block never straddles a page).
-        const int page_idx = (base + lane) * 64 / p.page_size;
-        const bool in_table = lane < nb && page_idx < p.max_pages;
-        const int32_t* entry = p.block_table + static_cast<int64_t>(req) * p.bt_stride +
-                               (in_table ? page_idx : 0);
-        const int page_l = ld_pred(entry, in_table, -1);
-        for (int k = 0; k < nb; ++k) {
-          const int page = __shfl_sync(0xffffffff, page_l, k);
-          const int in_page = ((base + k) * 64) % p.page_size;
+      const int32_t* table = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
+      if (p.box_tokens == 64) {
+        // Pages of 64k tokens: one box per chunk; lane l looks up block base + l's page.
+        for (int base = blk_lo; base < blk_hi; base += 32) {
+          const int nb = min(32, blk_hi - base);
+          const int page_idx = (base + lane) * 64 / p.page_size;
+          const bool in_table = lane < nb && page_idx < p.max_pages;
+          const int page_l = ld_pred(table + (in_table ? page_idx : 0), in_table, -1);
+          for (int k = 0; k < nb; ++k) {
+            const int page = __shfl_sync(0xffffffff, page_l, k);
+            const int in_page = ((base + k) * 64) % p.page_size;
+            for (int c = 0; c < kChunks; ++c) {
+              const int slot = static_cast<int>(count % L::kSlots);
+              const uint32_t use = count / L::kSlots;
+              mbar_wait(&empty[slot], (use & 1) ^ 1);
+              mbar_arrive_expect_tx_pred(&full[slot], kChunkBytes, lane == 0);
+              tma_load_4d_pred(ring + slot * kChunkBytes, &kmap, &full[slot], c * 64, hk,
+                               in_page, page, policy, lane == 0);
+              ++count;
+            }
+          }
+        }
+      } else {
+        // Smaller pages: a chunk is 64 / box boxes of `box` tokens (box = the page size when it
+        // divides 64, else gcd(page size, 64)), lane l issuing boxes l and l + 32. Only boxes
+        // of tokens below the length are loaded (the rest of the block stays stale: S masks it,
+        // the consumer zeroes those V rows).
+        const int box = p.box_tokens;
+        for (int blk = blk_lo; blk < blk_hi; ++blk) {
+          const int tok0 = blk * 64;
+          const int nbox = (min(64, len - tok0) + box - 1) / box;
+          int page[2], in_page[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int bx = lane + 32 * h;
+            const int t = tok0 + bx * box;
+            const int page_idx = t / p.page_size;
+            const bool in_table = bx < nbox && page_idx < p.max_pages;
+            page[h] = ld_pred(table + (in_table ? page_idx : 0), in_table, -1);
+            in_page[h] = t % p.page_size;
+          }
+          const uint32_t bytes = static_cast<uint32_t>(nbox * box * 128);
           for (int c = 0; c < kChunks; ++c) {
             const int slot = static_cast<int>(count % L::kSlots);
             const uint32_t use = count / L::kSlots;
             mbar_wait(&empty[slot], (use & 1) ^ 1);
-            mbar_arrive_expect_tx_pred(&full[slot], kChunkBytes, lane == 0);
-            tma_load_4d_pred(ring + slot * kChunkBytes, &kmap, &full[slot], c * 64, hk, in_page,
-                             page, policy, lane == 0);
+            mbar_arrive_expect_tx_pred(&full[slot], bytes, lane == 0);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int bx = lane + 32 * h;
+              tma_load_4d_pred(ring + slot * kChunkBytes + bx * box * 128, &kmap, &full[slot],
+                               c * 64, hk, in_page[h], page[h], policy, bx < nbox);
+            }
             ++count;
           }
         }
