@@ -168,6 +168,18 @@ __device__ __forceinline__ void for_each_segment(const DenseDecodeKernelParams& 
   }
 }
 
+// The segment's fields broadcast from lane 0: values loaded from memory are not known to be
+// warp-uniform, and ptxas serializes wgmma under branches it cannot prove uniform.
+__device__ __forceinline__ Segment uniform_segment(const Segment& seg) {
+  Segment s;
+  s.req = __shfl_sync(0xffffffff, seg.req, 0);
+  s.len = __shfl_sync(0xffffffff, seg.len, 0);
+  s.blk_lo = __shfl_sync(0xffffffff, seg.blk_lo, 0);
+  s.blk_hi = __shfl_sync(0xffffffff, seg.blk_hi, 0);
+  s.split = __shfl_sync(0xffffffff, seg.split, 0);
+  return s;
+}
+
 template <class T>
 __device__ __forceinline__ uint32_t pack2(float a, float b);
 template <>
@@ -452,14 +464,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   int fills0 = 0, fills1 = 0;  // completed fills of each stage (full-barrier parities)
   for_each_segment(p, part, [&](const Segment& seg) {
-    // Broadcast from lane 0: values loaded from memory are not known to be warp-uniform, and
-    // ptxas serializes wgmma under branches it cannot prove uniform.
-    Segment s;
-    s.req = __shfl_sync(0xffffffff, seg.req, 0);
-    s.len = __shfl_sync(0xffffffff, seg.len, 0);
-    s.blk_lo = __shfl_sync(0xffffffff, seg.blk_lo, 0);
-    s.blk_hi = __shfl_sync(0xffffffff, seg.blk_hi, 0);
-    s.split = __shfl_sync(0xffffffff, seg.split, 0);
+    const Segment s = uniform_segment(seg);
     // The block-table entry of this warpgroup's first block is requested before the Q copies
     // are issued and used after them, so the two latencies overlap.
     const bool has_first = s.blk_lo + wg < s.blk_hi;

@@ -107,10 +107,8 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     uint32_t count = 0;
     uint8_t* ring = smem + L::kRing;
     for_each_segment(p, part, [&](const Segment& seg) {
-      const int req = __shfl_sync(0xffffffff, seg.req, 0);
-      const int len = __shfl_sync(0xffffffff, seg.len, 0);
-      const int blk_lo = __shfl_sync(0xffffffff, seg.blk_lo, 0);
-      const int blk_hi = __shfl_sync(0xffffffff, seg.blk_hi, 0);
+      const Segment s = uniform_segment(seg);
+      const int req = s.req, len = s.len, blk_lo = s.blk_lo, blk_hi = s.blk_hi;
       const int32_t* table = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
       if (p.box_tokens == 64) {
         // Pages of 64k tokens: one box per chunk; lane l looks up block base + l's page.
@@ -204,12 +202,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
 
   uint32_t count = 0;  // chunks consumed so far (the producer's sequence)
   for_each_segment(p, part, [&](const Segment& seg) {
-    Segment s;
-    s.req = __shfl_sync(0xffffffff, seg.req, 0);
-    s.len = __shfl_sync(0xffffffff, seg.len, 0);
-    s.blk_lo = __shfl_sync(0xffffffff, seg.blk_lo, 0);
-    s.blk_hi = __shfl_sync(0xffffffff, seg.blk_hi, 0);
-    s.split = __shfl_sync(0xffffffff, seg.split, 0);
+    const Segment s = uniform_segment(seg);
     // ---- Q tile: the kN query rows of this KV head (zero rows past p.rows) ----
     {
       const Elem* q = static_cast<const Elem*>(p.q);
