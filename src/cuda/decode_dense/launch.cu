@@ -1,4 +1,6 @@
 // Dense decode launcher: CUDA-specific checks, TMA map of the paged cache, kernel + combine.
+#include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <numeric>
 
@@ -28,16 +30,26 @@ void require_aligned(const TensorView& t, const char* arg, int64_t bytes_align, 
                          std::to_string(bytes_align) + " bytes, got " + t.describe());
 }
 
+// Opts `kernel` in to `bytes` of dynamic shared memory on the current device, once per device:
+// the attribute belongs to the device's context, so a process driving several GPUs needs it on
+// each (setting it twice from racing threads is harmless).
+template <class Kernel>
+void allow_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& configured) {
+  int dev = 0;
+  OPENMLA_CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = dev < 64 ? (uint64_t(1) << dev) : 0;
+  if (bit != 0 && (configured.load(std::memory_order_acquire) & bit) != 0) return;
+  OPENMLA_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  configured.fetch_or(bit, std::memory_order_release);
+}
+
 template <int kChunks, bool kFp16>
 void launch(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 grid,
             cudaStream_t stream) {
   auto kernel = dense_decode_kernel<kChunks, kFp16>;
-  static bool configured = false;  // per instantiation; the attribute is per device function
-  if (!configured) {
-    OPENMLA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            Smem<kChunks>::kAlloc));
-    configured = true;
-  }
+  static std::atomic<uint64_t> configured{0};  // per instantiation: a bit per device
+  allow_smem(kernel, Smem<kChunks>::kAlloc, configured);
   launch_pdl(false, kernel, grid, dim3(kThreads), Smem<kChunks>::kAlloc, stream, map, kp);
 #if defined(OPENMLA_DECODE_PROFILE)
   dense_decode_prof_print<<<1, 1, 0, stream>>>();
@@ -49,12 +61,8 @@ void launch_narrow(const CUtensorMap& map, const DenseDecodeKernelParams& kp, di
                    cudaStream_t stream) {
   auto kernel = narrow_decode_kernel<kChunks, kFp16, kN>;
   using L = NarrowSmem<kChunks, kN>;
-  static bool configured = false;  // per instantiation
-  if (!configured) {
-    OPENMLA_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kAlloc));
-    configured = true;
-  }
+  static std::atomic<uint64_t> configured{0};  // per instantiation: a bit per device
+  allow_smem(kernel, L::kAlloc, configured);
   launch_pdl(false, kernel, grid, dim3(kNarrowThreads), L::kAlloc, stream, map, kp);
 }
 
