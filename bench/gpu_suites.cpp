@@ -8,6 +8,7 @@
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <thread>
 
 #include "bench.h"
 #include "gpu.h"
@@ -396,6 +397,12 @@ Result run_config(const Config& c, const Options& opt, const DeviceInfo& dev, cu
   }
   r.sets = n_sets;
   Case k = build_case(c, &din, &pin, n_sets, stream);
+  // The GPU idles a moment before the timing: the GEMM ceiling, the previous configuration and the
+  // random fill of this one's (multi-GB) cache leave it power-throttled for a while, which showed
+  // as erratic, up to 20 % slower figures for the first configuration of a suite. Every cell is
+  // timed from the same rested state.
+  OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::this_thread::sleep_for(std::chrono::milliseconds(opt.quick ? 200 : 1000));
   time_case(k, opt, stream, r);
   return r;
 }
@@ -460,6 +467,7 @@ int run_gpu(const Options& opt, const std::vector<std::string>& suites, DeviceIn
   bool usable = true;
   std::string unusable_why;
   BenchStream stream;
+
   for (const std::string& name : suites) {
     std::vector<Config> configs = gpu_suite(name);
     if (!opt.only.empty()) {
