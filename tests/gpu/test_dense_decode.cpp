@@ -251,6 +251,10 @@ std::vector<Case> cases() {
   v.push_back({1, 1, 6000, 16, 1, false, false, 576, 64, false, 0});
   v.push_back({3, 1, 4096, 32, 1, false, true, 512, 128, true, 8});
   v.push_back({4, 2, 3000, 16, 1, true, false, 576, 256, true, 0});
+  // More requests than schedule parts (66 / 132 on an H200), short ragged lengths with zeros: most
+  // parts hold several whole requests and a few cut ones.
+  v.push_back({300, 1, 300, 16, 1, false, false, 576, 64, true, 0});
+  v.push_back({300, 1, 300, 128, 1, false, false, 576, 64, true, 0});
   // Short prefills sent through decode: s_q = 128 (16384 query rows per KV head at h_q = 128).
   v.push_back({2, 128, 300, 128, 1, true, false, 576, 64, true, 0});
   v.push_back({1, 128, 200, 16, 2, true, true, 512, 16, false, 8});
