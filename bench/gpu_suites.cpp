@@ -197,10 +197,9 @@ Case build_case(const Config& c, const DecodeInputs* d, const PrefillInputs* pin
         p.stream = st;
         dense_decode(p);
       };
-      set.call = [p, plan](cudaStream_t st) mutable {
-        p.stream = st;
-        plan->update(p.cache_seqlens, st);
-        dense_decode(p);
+      set.call = [plan_call = set.plan_call, op_call = set.op_call](cudaStream_t st) {
+        plan_call(st);
+        op_call(st);
       };
     } else if (c.op == Op::kSparseDecode) {
       SparseDecodeParams p;
