@@ -179,6 +179,7 @@ struct AnchorCompare {
   Anchor anchor;
   double ours_us = kNaN;  // the time of ours it is compared with
   double ratio = kNaN;    // > 1: faster than FlashMLA (rate ratio, or time ratio when no rate)
+  double rested_ratio = kNaN;  // kernel anchors: the same, from Result::rested_us (same method)
 };
 
 struct Result {
@@ -191,6 +192,10 @@ struct Result {
   double host_us = kNaN;   // host time to issue one eager call (plan update + operator)
   double plan_us = kNaN;   // decode: graph replay of DecodePlan::update alone
   double op_us = kNaN;     // decode: graph replay of the operator alone (plan updated before)
+  // FlashMLA's own method (how ANCHORS.md's kernel figures were taken): every call follows an
+  // 8 GB memset that flushes L2 and gives the GPU a rest; mean over 30 calls of the whole call
+  // (one CUDA-graph replay each), CUDA events around the call only.
+  double rested_us = kNaN;
   int sets = 0;            // input sets rotated over (L2)
   int replays = 0;
   Work work;

@@ -42,14 +42,15 @@ void finish_result(Result& r, const Ceilings& ceil) {
     AnchorCompare ac;
     ac.anchor = a;
     ac.ours_us = a.basis == AnchorBasis::kEagerCall ? r.eager_us : r.graph_us;
-    if (std::isfinite(ac.ours_us) && ac.ours_us > 0) {
-      if (a.tflops > 0)
-        ac.ratio = (r.work.flops / ac.ours_us * 1e-6) / a.tflops;
-      else if (a.gbps > 0)
-        ac.ratio = (r.work.bytes / ac.ours_us * 1e-3) / a.gbps;
-      else if (a.us > 0)
-        ac.ratio = a.us / ac.ours_us;
-    }
+    auto ratio = [&](double us) {
+      if (!std::isfinite(us) || us <= 0) return kNaN;
+      if (a.tflops > 0) return (r.work.flops / us * 1e-6) / a.tflops;
+      if (a.gbps > 0) return (r.work.bytes / us * 1e-3) / a.gbps;
+      if (a.us > 0) return a.us / us;
+      return kNaN;
+    };
+    ac.ratio = ratio(ac.ours_us);
+    if (a.basis == AnchorBasis::kKernel) ac.rested_ratio = ratio(r.rested_us);
     r.anchors.push_back(ac);
   }
 }
@@ -109,19 +110,21 @@ void print_suite_table(const std::string& suite, const std::vector<Result>& resu
         rows.push_back({r.config.label(), r.status + ": " + r.message});
         continue;
       }
-      std::string fm, ratio;
+      std::string fm, ratio, rested;
       for (const AnchorCompare& ac : r.anchors) {
         fm += (fm.empty() ? "" : "; ") + anchor_text(ac.anchor);
         ratio += (ratio.empty() ? "" : "; ") + format_double(ac.ratio, 2) + "x";
+        if (std::isfinite(ac.rested_ratio)) rested = format_double(ac.rested_ratio, 2) + "x";
       }
       rows.push_back({r.config.label(), format_double(r.graph_us, 1), format_double(r.eager_us, 1),
-                      format_double(r.tflops, 1), format_double(r.gbps, 0),
-                      format_double(r.pct_gemm, 1), format_double(r.pct_copy, 1),
-                      fm.empty() ? "-" : fm, ratio.empty() ? "-" : ratio});
+                      format_double(r.rested_us, 1), format_double(r.tflops, 1),
+                      format_double(r.gbps, 0), format_double(r.pct_gemm, 1),
+                      format_double(r.pct_copy, 1), fm.empty() ? "-" : fm,
+                      ratio.empty() ? "-" : ratio, rested.empty() ? "-" : rested});
       if (!r.message.empty()) rows.push_back({"", "note: " + r.message});
     }
-    print_table({"config", "graph us", "eager us", "TFLOPS", "GB/s", "%GEMM", "%copy", "FlashMLA",
-                 "vs FlashMLA"},
+    print_table({"config", "graph us", "eager us", "rested us", "TFLOPS", "GB/s", "%GEMM",
+                 "%copy", "FlashMLA", "vs FlashMLA", "rested vs"},
                 rows);
   } else {
     for (const Result& r : results) {
@@ -343,6 +346,7 @@ void write_json(const std::string& path, const Options& opt, const DeviceInfo& d
         j.key("graph_us").value(r.graph_us);
         j.key("graph_min_us").value(r.graph_min_us);
         j.key("eager_us").value(r.eager_us);
+        j.key("rested_us").value(r.rested_us);
         j.key("host_issue_us").value(r.host_us);
         j.key("input_sets").value(r.sets);
         j.key("replays").value(r.replays);
@@ -363,6 +367,7 @@ void write_json(const std::string& path, const Options& opt, const DeviceInfo& d
         if (ac.anchor.us > 0) j.key("us").value(ac.anchor.us);
         j.key("ours_us").value(ac.ours_us);
         j.key("ratio").value(ac.ratio);
+        if (std::isfinite(ac.rested_ratio)) j.key("rested_ratio").value(ac.rested_ratio);
         j.end_object();
       }
       j.end_array();

@@ -152,9 +152,13 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
 }
 
 // One warp per (cut request, query row, quarter of the 512 dims), each lane 4 dims; a CTA holds
-// 2 rows x 4 quarters, and grid.x CTAs stride over the list of cut requests. The grid has a
-// fixed size for CUDA graphs; CTAs with nothing to do return at once. (The first version had a
-// CTA per (request, row): 16384 near-empty CTAs, 23 us at b=128.)
+// 2 rows x 4 quarters (46-64 registers: 8 CTAs, 64 warps per SM), and grid.x CTAs stride over the
+// planner's list of cut requests (fixed grid for CUDA graphs; CTAs with nothing to do return at
+// once). Requests cut in up to 64 pieces (every one at b >= 2 on 132 SMs) keep the pieces' lse
+// in two registers per lane: one global round trip gives the max, the sum and every weight, and
+// the partial-output loads, 8 in flight, take their weights by shuffle. More pieces fall back to
+// reloading the lse (L2 hits). (The first version loaded every lse three times, one round trip
+// each.)
 constexpr int kCombineThreads = 256;
 constexpr int kCombineRows = kCombineThreads / 128;  // rows per CTA
 constexpr int kCombineMaxX = 32;                     // CTAs across the cut requests
@@ -175,42 +179,53 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
     const int64_t slot0 =
         (static_cast<int64_t>(p.plan.accum_offset[req]) * p.h_kv + hk) * p.rows + row;
     const float* lse_in = p.plan.lse_accum + slot0;
-    float mx = -INFINITY;
-    for (int k = lane; k < n; k += 32) mx = fmaxf(mx, lse_in[k * piece_stride]);
+    // lse of pieces lane and lane + 32 (the common case holds them all).
+    const float l0 = lane < n ? lse_in[lane * piece_stride] : -INFINITY;
+    const float l1 = lane + 32 < n ? lse_in[(lane + 32) * piece_stride] : -INFINITY;
+    float mx = fmaxf(l0, l1);
+    for (int k = lane + 64; k < n; k += 32) mx = fmaxf(mx, lse_in[k * piece_stride]);
     for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
     const bool empty = mx == -INFINITY;
-    float sum = 0.0f;
-    for (int k = lane; k < n; k += 32) sum += empty ? 0.0f : expf(lse_in[k * piece_stride] - mx);
+    // Unnormalized weights (an empty piece, lse -inf, gets exactly 0).
+    const float w0 = empty ? 0.0f : expf(l0 - mx), w1 = empty ? 0.0f : expf(l1 - mx);
+    float sum = w0 + w1;
+    for (int k = lane + 64; k < n; k += 32) sum += empty ? 0.0f : expf(lse_in[k * piece_stride] - mx);
     for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
     const float lse = empty ? INFINITY : mx + logf(sum);
     const float inv = empty ? 0.0f : 1.0f / sum;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const float* o_in = p.plan.o_accum + slot0 * 512 + d0;
-    // 32 pieces at a time: lane k computes piece kb + k's weight once, the loop takes it by shuffle,
-    // so the partial-output loads do not wait on anything and are issued back to back (the first
-    // version loaded and exponentiated each lse inside the loop: 17 us for one request in 32
-    // pieces).
     for (int kb = 0; kb < n; kb += 32) {
       const int kl = kb + lane;
-      const float w_lane = (kl < n && !empty) ? expf(lse_in[kl * piece_stride] - mx) * inv : 0.0f;
-      const int cnt = min(32, n - kb);
-#pragma unroll 16
-      for (int k = 0; k < cnt; ++k) {
-        const float w = __shfl_sync(0xffffffff, w_lane, k);
-        const float4 v = *reinterpret_cast<const float4*>(o_in + (kb + k) * piece_stride * 512);
-        if (w != 0.0f) {  // an empty piece (lse -inf) adds nothing, even a non-finite partial
-          acc[0] += w * v.x;
-          acc[1] += w * v.y;
-          acc[2] += w * v.z;
-          acc[3] += w * v.w;
+      const float w_lane = kb == 0    ? w0
+                           : kb == 32 ? w1
+                           : (kl < n && !empty ? expf(lse_in[kl * piece_stride] - mx) : 0.0f);
+      // Eight loads issued before any is used (a load after the previous piece's branch would
+      // wait for it: one round trip per piece).
+      for (int k0 = 0; k0 < min(32, n - kb); k0 += 8) {
+        float4 v[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k)
+          v[k] = kb + k0 + k < n ? *reinterpret_cast<const float4*>(
+                                       o_in + (kb + k0 + k) * piece_stride * 512)
+                                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const float w = __shfl_sync(0xffffffff, w_lane, k0 + k);
+          if (w != 0.0f) {  // an empty piece adds nothing, even a non-finite partial
+            acc[0] += w * v[k].x;
+            acc[1] += w * v[k].y;
+            acc[2] += w * v[k].z;
+            acc[3] += w * v[k].w;
+          }
         }
       }
     }
     uint16_t bits[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
-      bits[i] = p.fp16 ? __half_as_ushort(__float2half_rn(acc[i]))
-                       : __bfloat16_as_ushort(__float2bfloat16_rn(acc[i]));
+      bits[i] = p.fp16 ? __half_as_ushort(__float2half_rn(acc[i] * inv))
+                       : __bfloat16_as_ushort(__float2bfloat16_rn(acc[i] * inv));
     uint2 packed;
     packed.x = bits[0] | (static_cast<uint32_t>(bits[1]) << 16);
     packed.y = bits[2] | (static_cast<uint32_t>(bits[3]) << 16);
@@ -219,6 +234,91 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
     *reinterpret_cast<uint2*>(out) = packed;
     if (threadIdx.x % 128 == 0)
       p.lse[req * p.lse_stride_b + h * p.lse_stride_h + s * p.lse_stride_s] = lse;
+  }
+}
+
+// Few cut requests in many pieces (small batches: the planner spreads one request over the
+// whole GPU): one CTA of 128 threads per (cut request, query row), thread t merging dims 4t ..
+// 4t+3, the pieces' lse staged in shared memory (one round trip) and 16 partial-output loads in
+// flight per thread (b <= 8: ~1 us less per call than the kernel above; at b=128 its 122
+// registers per thread leave too few warps per SM for the volume, 10 % slower there).
+constexpr int kCombineWideThreads = 128;
+constexpr int kCombineWideMaxReqs = 8;  // cut requests at most for the wide kernel
+constexpr int kCombineWideBatch = 16;
+
+__global__ void __launch_bounds__(kCombineWideThreads) combine_wide_kernel(DenseDecodeKernelParams p) {
+  __shared__ float s_w[kMaxPieces];
+  __shared__ float s_red[2][kCombineWideThreads / 32];
+  grid_dependency_wait();  // the attention kernel's partial results
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  const int hk = blockIdx.z;
+  const int n_cut = *p.plan.num_split_reqs;
+  const int64_t piece_stride = static_cast<int64_t>(p.h_kv) * p.rows;  // in slots
+  for (int row = blockIdx.y; row < p.rows; row += gridDim.y) {
+    const int s = row / p.group, h = hk * p.group + row % p.group;
+    for (int c = blockIdx.x; c < n_cut; c += gridDim.x) {
+      const int req = p.plan.split_reqs[c];
+      const int n = min(p.plan.num_splits[req], kMaxPieces);
+      const int64_t slot0 =
+          (static_cast<int64_t>(p.plan.accum_offset[req]) * p.h_kv + hk) * p.rows + row;
+      const float* lse_in = p.plan.lse_accum + slot0;
+      float mx = -INFINITY;
+      for (int k = t; k < n; k += kCombineWideThreads) {
+        const float v = lse_in[k * piece_stride];
+        s_w[k] = v;
+        mx = fmaxf(mx, v);
+      }
+      for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+      if (lane == 0) s_red[0][warp] = mx;
+      __syncthreads();
+      mx = fmaxf(fmaxf(s_red[0][0], s_red[0][1]), fmaxf(s_red[0][2], s_red[0][3]));
+      const bool empty = mx == -INFINITY;
+      float sum = 0.0f;
+      for (int k = t; k < n; k += kCombineWideThreads) {
+        const float w = empty ? 0.0f : expf(s_w[k] - mx);
+        s_w[k] = w;
+        sum += w;
+      }
+      for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
+      if (lane == 0) s_red[1][warp] = sum;
+      __syncthreads();
+      sum = (s_red[1][0] + s_red[1][1]) + (s_red[1][2] + s_red[1][3]);
+      const float lse = empty ? INFINITY : mx + logf(sum);
+      const float inv = empty ? 0.0f : 1.0f / sum;
+      const float* o_in = p.plan.o_accum + slot0 * 512 + 4 * t;
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int kb = 0; kb < n; kb += kCombineWideBatch) {
+        float4 v[kCombineWideBatch];
+#pragma unroll
+        for (int k = 0; k < kCombineWideBatch; ++k)
+          v[k] = kb + k < n
+                     ? *reinterpret_cast<const float4*>(o_in + (kb + k) * piece_stride * 512)
+                     : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int k = 0; k < kCombineWideBatch; ++k) {
+          const float w = kb + k < n ? s_w[kb + k] : 0.0f;
+          if (w != 0.0f) {  // an empty piece adds nothing, even a non-finite partial
+            acc[0] += w * v[k].x;
+            acc[1] += w * v[k].y;
+            acc[2] += w * v[k].z;
+            acc[3] += w * v[k].w;
+          }
+        }
+      }
+      uint16_t bits[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        bits[i] = p.fp16 ? __half_as_ushort(__float2half_rn(acc[i] * inv))
+                         : __bfloat16_as_ushort(__float2bfloat16_rn(acc[i] * inv));
+      uint2 packed;
+      packed.x = bits[0] | (static_cast<uint32_t>(bits[1]) << 16);
+      packed.y = bits[2] | (static_cast<uint32_t>(bits[3]) << 16);
+      uint16_t* out = static_cast<uint16_t*>(p.out) + req * p.o_stride_b + s * p.o_stride_s +
+                      h * p.o_stride_h + 4 * t;
+      *reinterpret_cast<uint2*>(out) = packed;
+      if (t == 0) p.lse[req * p.lse_stride_b + h * p.lse_stride_h + s * p.lse_stride_s] = lse;
+      __syncthreads();  // s_w and s_red are rewritten for the next cut request
+    }
   }
 }
 
@@ -301,6 +401,11 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
 
 void launch_combine(const DenseDecodeKernelParams& p, cudaStream_t stream) {
   if (p.plan.num_parts <= 1) return;  // nothing is ever split
+  if (p.plan.max_split_reqs <= kCombineWideMaxReqs) {
+    dim3 grid(p.plan.max_split_reqs, std::min(p.rows, 65535), p.h_kv);
+    launch_pdl(true, combine_wide_kernel, grid, dim3(kCombineWideThreads), 0, stream, p);
+    return;
+  }
   dim3 grid(std::min(p.plan.max_split_reqs, kCombineMaxX), (p.rows + kCombineRows - 1) / kCombineRows,
             p.h_kv);
   launch_pdl(true, combine_kernel, grid, dim3(kCombineThreads), 0, stream, p);
