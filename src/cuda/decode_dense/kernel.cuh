@@ -228,6 +228,15 @@ struct Rows {
 __device__ __forceinline__ void mask_rowmax(float (&sc)[32], const Rows& rw, int tok0,
                                             const int (&limit)[2], float (&mx)[2]) {
   mx[0] = mx[1] = -INFINITY;
+  // Only a block that reaches past some row's limit (the last of a request, causal rows) needs
+  // the mask; the others take the row maxima alone (a warp-uniform branch).
+  if (!__any_sync(0xffffffff, tok0 + 64 > min(limit[0], limit[1]))) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], sc[4 * j + e]);
+    }
+  } else {
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
 #pragma unroll
@@ -238,6 +247,7 @@ __device__ __forceinline__ void mask_rowmax(float (&sc)[32], const Rows& rw, int
       sc[4 * j + e] = v;
       mx[i] = fmaxf(mx[i], v);
     }
+  }
   }
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -288,6 +298,19 @@ template <class Elem>
 __device__ __forceinline__ void pack_a(const float (&sc)[32], uint32_t (&pa)[16]) {
 #pragma unroll
   for (int k = 0; k < 16; ++k) pa[k] = pack2<Elem>(sc[2 * k], sc[2 * k + 1]);
+}
+
+// Writes the packed P tile (pack_a's registers: element pair 2 k of pa[k] holds row r0 + 8 (k % 2),
+// columns 8 (k / 2) + cq, +1) as a 64 x 64 K-major, 128B-swizzled tile.
+__device__ __forceinline__ void store_pa(uint8_t* tile, const uint32_t (&pa)[16], const Rows& rw) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = rw.r0 + 8 * i, col = 8 * j + rw.cq;
+      *reinterpret_cast<uint32_t*>(tile + sw128_offset(r, col * 2)) = pa[2 * j + i];
+    }
+  }
 }
 
 // Writes P * f (per row) as a 64 x 64 K-major, 128B-swizzled tile (the A operand of P V).
@@ -569,6 +592,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           l[i] = l[i] * f0[i] + rs[i];
         }
         pack_a<Elem>(sc, pa);
+        // (pa may not be read once it is a wgmma operand: stored here, before the P V.)
+        store_pa(smem + L::p_tile(0), pa, rw);
         scale_o_if(o, f0);
         const int valid0 = min(64, s.len - tok0);
         if (valid0 < 64) {
@@ -591,7 +616,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           l[i] *= f1[i];
           m[i] = m1[i];
         }
-        store_p<Elem>(smem + L::p_tile(0), sc, f1, rw);
+        // P0 was stored as packed before its P V (below); with the lazy max it rarely needs the
+        // rescale to m1, then it is stored again from the fp32 values.
+        if (__any_sync(0xffffffff, f1[0] != 1.0f || f1[1] != 1.0f))
+          store_p<Elem>(smem + L::p_tile(0), sc, f1, rw);
         fence_proxy_async();
         named_barrier_arrive(kBarP0, kThreads);
         wgmma_wait<0>();
@@ -657,6 +685,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (has1) {
           exponentiate(sc, m1, sl2, rs);
           pack_a<Elem>(sc, pa);
+          store_pa(smem + L::p_tile(1), pa, rw);  // P1 for warpgroup 0 (before pa is an operand)
         }
 #pragma unroll
         for (int i = 0; i < 2; ++i) l[i] = l[i] * f0[i] + rs[i];
@@ -668,18 +697,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
           OPENMLA_PROF_MARK(6);
         }
-        // O_R += P1 V1_R, P1 from registers; the copy of P1 for warpgroup 0 is stored while it
-        // runs. (Unconditional commits and waits, see warpgroup 0's tail.)
+        // O_R += P1 V1_R, P1 from registers (its copy for warpgroup 0 was stored above).
+        // (Unconditional commits and waits, see warpgroup 0's tail.)
         wgmma_fence();
         if (has1) {
           pv_rs(o, pa, 1, 1);
         }
         wgmma_commit();  // group A: P1 V1_R
-        if (has1) {
-          const float one[2] = {1.0f, 1.0f};
-          store_p<Elem>(smem + L::p_tile(1), sc, one, rw);
-          fence_proxy_async();
-        }
+        if (has1) fence_proxy_async();  // P1 (stored above) to the async proxy
         named_barrier_arrive(kBarP1, kThreads);
         OPENMLA_PROF_MARK(2);
         // O_R += P0' V0_R (P0 already scaled to m1 by warpgroup 0)
