@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
 // each.)
 constexpr int kCombineThreads = 256;
 constexpr int kCombineRows = kCombineThreads / 128;  // rows per CTA
-constexpr int kCombineMaxX = 32;                     // CTAs across the cut requests
+constexpr int kCombineMaxX = 128;                    // CTAs across the cut requests
 constexpr int kMaxPieces = 1024;  // >= 2 * parts for any GPU this runs on (checked at plan creation)
 
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKernelParams p) {
