@@ -19,7 +19,8 @@ struct PlanBuffers {
   int32_t* accum_offset;  // [b]: first accumulator slot of request i (only when num_splits > 1)
   float* o_accum;         // [accum_slots][h_kv][rows][512]: normalized partial outputs
   float* lse_accum;       // [accum_slots][h_kv][rows]: partial lse (natural log; -inf = empty)
-  int32_t* split_reqs;    // [max_split_reqs]: the requests cut into pieces, in order
+  int32_t* split_reqs;    // [max_split_reqs][4]: the requests cut into pieces, in order, as
+                          // {request, pieces, accum_offset, 0} (one 16-byte load each)
   int32_t* num_split_reqs;  // [1]: how many entries of split_reqs are valid
   int num_parts;
   int max_split_reqs;  // min(b, num_parts - 1), at least 1: grid.x of the combine
