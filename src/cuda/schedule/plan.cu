@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
 }
 
 // One warp per (cut request, query row, quarter of the 512 dims), each lane 4 dims; a CTA holds
-// 2 rows x 4 quarters (46-64 registers: 8 CTAs, 64 warps per SM), and grid.x CTAs stride over the
+// 2 rows x 4 quarters (64 registers: 4 CTAs, 32 warps per SM), and grid.x CTAs stride over the
 // planner's list of cut requests (fixed grid for CUDA graphs; CTAs with nothing to do return at
 // once). Requests cut in up to 64 pieces (every one at b >= 2 on 132 SMs) keep the pieces' lse
 // in two registers per lane: one global round trip gives the max, the sum and every weight, and
