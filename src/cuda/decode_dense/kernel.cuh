@@ -182,6 +182,13 @@ __device__ __forceinline__ Segment uniform_segment(const Segment& seg) {
   return s;
 }
 
+// Accumulator slot of query row `row` of KV head `hk` for this segment's piece of a cut request.
+__device__ __forceinline__ int64_t accum_slot(const DenseDecodeKernelParams& p, const Segment& s,
+                                              int hk, int row) {
+  return (static_cast<int64_t>(p.plan.accum_offset[s.req] + s.split) * p.h_kv + hk) * p.rows +
+         row;
+}
+
 template <class T>
 __device__ __forceinline__ uint32_t pack2(float a, float b);
 template <>
@@ -317,15 +324,10 @@ __device__ __forceinline__ void store_pa(uint8_t* tile, const uint32_t (&pa)[16]
 template <class Elem>
 __device__ __forceinline__ void store_p(uint8_t* tile, const float (&sc)[32], const float (&f)[2],
                                         const Rows& rw) {
+  uint32_t pa[16];
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = rw.r0 + 8 * i, col = 8 * j + rw.cq;
-      *reinterpret_cast<uint32_t*>(tile + sw128_offset(r, col * 2)) =
-          pack2<Elem>(sc[4 * j + 2 * i] * f[i], sc[4 * j + 2 * i + 1] * f[i]);
-    }
-  }
+  for (int k = 0; k < 16; ++k) pa[k] = pack2<Elem>(sc[2 * k] * f[k % 2], sc[2 * k + 1] * f[k % 2]);
+  store_pa(tile, pa, rw);
 }
 
 __device__ __forceinline__ void scale_o(float (&o)[128], const float (&f)[2]) {
@@ -756,9 +758,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (wg == 0 && lane % 4 == 0)
           p.lse[s.req * p.lse_stride_b + h * p.lse_stride_h + sq * p.lse_stride_s] = lse;
       } else {
-        const int64_t slot =
-            (static_cast<int64_t>(p.plan.accum_offset[s.req] + s.split) * p.h_kv + hk) * p.rows +
-            rg;
+        const int64_t slot = accum_slot(p, s, hk, rg);
         float* acc = p.plan.o_accum + slot * 512 + wg * 256 + rw.cq;
 #pragma unroll
         for (int j = 0; j < 32; ++j)

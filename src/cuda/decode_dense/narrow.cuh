@@ -375,9 +375,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
         if (warp == 0 && lane < 4)
           p.lse[s.req * p.lse_stride_b + h * p.lse_stride_h + sq * p.lse_stride_s] = lse;
       } else {
-        const int64_t slot =
-            (static_cast<int64_t>(p.plan.accum_offset[s.req] + s.split) * p.h_kv + hk) * p.rows +
-            col;
+        const int64_t slot = accum_slot(p, s, hk, col);
         float* acc = p.plan.o_accum + slot * 512;
 #pragma unroll
         for (int t = 0; t < 8; ++t) {

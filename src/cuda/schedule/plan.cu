@@ -166,6 +166,35 @@ constexpr int kCombineMaxX = 128;                    // CTAs across the cut requ
 constexpr int kMaxPieces = 1024;  // >= 2 * parts for any GPU this runs on (checked at plan creation)
 constexpr int kCombineBatch = 4;  // partial-output loads in flight per thread
 
+// acc += w x, skipped for w == 0: an empty piece adds nothing, even a non-finite partial.
+__device__ __forceinline__ void add_weighted(float (&acc)[4], float w, const float4& x) {
+  if (w != 0.0f) {
+    acc[0] += w * x.x;
+    acc[1] += w * x.y;
+    acc[2] += w * x.z;
+    acc[3] += w * x.w;
+  }
+}
+
+// Writes dims d0 .. d0+3 of (request, query s, head h) as acc * inv in the output dtype, and the
+// row's lse from the thread that `writes_lse`.
+__device__ __forceinline__ void store_merged(const DenseDecodeKernelParams& p, int req, int s,
+                                             int h, int d0, const float (&acc)[4], float inv,
+                                             float lse, bool writes_lse) {
+  uint16_t bits[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    bits[i] = p.fp16 ? __half_as_ushort(__float2half_rn(acc[i] * inv))
+                     : __bfloat16_as_ushort(__float2bfloat16_rn(acc[i] * inv));
+  uint2 packed;
+  packed.x = bits[0] | (static_cast<uint32_t>(bits[1]) << 16);
+  packed.y = bits[2] | (static_cast<uint32_t>(bits[3]) << 16);
+  uint16_t* out = static_cast<uint16_t*>(p.out) + req * p.o_stride_b + s * p.o_stride_s +
+                  h * p.o_stride_h + d0;
+  *reinterpret_cast<uint2*>(out) = packed;
+  if (writes_lse) p.lse[req * p.lse_stride_b + h * p.lse_stride_h + s * p.lse_stride_s] = lse;
+}
+
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKernelParams p) {
   grid_dependency_wait();  // the attention kernel's partial results
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -203,16 +232,9 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
     const float lse = empty ? INFINITY : mx + logf(sum);
     const float inv = empty ? 0.0f : 1.0f / sum;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    auto add = [&](float w, const float4& x) {
-      if (w != 0.0f) {  // an empty piece adds nothing, even a non-finite partial
-        acc[0] += w * x.x;
-        acc[1] += w * x.y;
-        acc[2] += w * x.z;
-        acc[3] += w * x.w;
-      }
-    };
 #pragma unroll
-    for (int k = 0; k < kCombineBatch; ++k) add(__shfl_sync(0xffffffff, w0, k), v[k]);
+    for (int k = 0; k < kCombineBatch; ++k)
+      add_weighted(acc, __shfl_sync(0xffffffff, w0, k), v[k]);
     // More pieces (small batches cut over many parts): kCombineBatch loads at a time.
     for (int kb = kCombineBatch; kb < n; kb += kCombineBatch) {
       const float w_lane = kb < 32    ? w0
@@ -226,21 +248,9 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
       for (int k = 0; k < kCombineBatch; ++k)
-        add(__shfl_sync(0xffffffff, w_lane, (kb + k) % 32), v[k]);
+        add_weighted(acc, __shfl_sync(0xffffffff, w_lane, (kb + k) % 32), v[k]);
     }
-    uint16_t bits[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      bits[i] = p.fp16 ? __half_as_ushort(__float2half_rn(acc[i] * inv))
-                       : __bfloat16_as_ushort(__float2bfloat16_rn(acc[i] * inv));
-    uint2 packed;
-    packed.x = bits[0] | (static_cast<uint32_t>(bits[1]) << 16);
-    packed.y = bits[2] | (static_cast<uint32_t>(bits[3]) << 16);
-    uint16_t* out = static_cast<uint16_t*>(p.out) + req * p.o_stride_b + s * p.o_stride_s +
-                    h * p.o_stride_h + d0;
-    *reinterpret_cast<uint2*>(out) = packed;
-    if (threadIdx.x % 128 == 0)
-      p.lse[req * p.lse_stride_b + h * p.lse_stride_h + s * p.lse_stride_s] = lse;
+    store_merged(p, req, s, h, d0, acc, inv, lse, threadIdx.x % 128 == 0);
   }
 }
 
@@ -301,28 +311,10 @@ __global__ void __launch_bounds__(kCombineWideThreads) combine_wide_kernel(Dense
                      ? *reinterpret_cast<const float4*>(o_in + (kb + k) * piece_stride * 512)
                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-        for (int k = 0; k < kCombineWideBatch; ++k) {
-          const float w = kb + k < n ? s_w[kb + k] : 0.0f;
-          if (w != 0.0f) {  // an empty piece adds nothing, even a non-finite partial
-            acc[0] += w * v[k].x;
-            acc[1] += w * v[k].y;
-            acc[2] += w * v[k].z;
-            acc[3] += w * v[k].w;
-          }
-        }
+        for (int k = 0; k < kCombineWideBatch; ++k)
+          add_weighted(acc, kb + k < n ? s_w[kb + k] : 0.0f, v[k]);
       }
-      uint16_t bits[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        bits[i] = p.fp16 ? __half_as_ushort(__float2half_rn(acc[i] * inv))
-                         : __bfloat16_as_ushort(__float2bfloat16_rn(acc[i] * inv));
-      uint2 packed;
-      packed.x = bits[0] | (static_cast<uint32_t>(bits[1]) << 16);
-      packed.y = bits[2] | (static_cast<uint32_t>(bits[3]) << 16);
-      uint16_t* out = static_cast<uint16_t*>(p.out) + req * p.o_stride_b + s * p.o_stride_s +
-                      h * p.o_stride_h + 4 * t;
-      *reinterpret_cast<uint2*>(out) = packed;
-      if (t == 0) p.lse[req * p.lse_stride_b + h * p.lse_stride_h + s * p.lse_stride_s] = lse;
+      store_merged(p, req, s, h, 4 * t, acc, inv, lse, t == 0);
       __syncthreads();  // s_w and s_red are rewritten for the next cut request
     }
   }
