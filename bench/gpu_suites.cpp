@@ -250,18 +250,15 @@ bool mentions_not_implemented(const std::string& s) {
   return s.find("not implemented") != std::string::npos;
 }
 
-// Captures `which(set)` for every set into one CUDA graph and replays it; per-call median and
-// minimum time = replay time / sets. False (with `why`) when capture fails.
-template <class Which>
-bool graph_time(Case& k, Which which, const Options& opt, double eager_us, cudaStream_t stream,
-                double& median_us, double& min_us, int& replays, std::string& why) {
-  const int n = int(k.sets.size());
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  try {
+// An instantiated CUDA graph of what `record(stream)` enqueues (captured on `stream`),
+// destroyed with the object. A failed capture or instantiation throws, leaving no sticky error.
+class GraphExec {
+ public:
+  template <class Record>
+  GraphExec(cudaStream_t stream, Record&& record) {
     OPENMLA_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     try {
-      for (InputSet& s : k.sets) which(s)(stream);
+      record(stream);
     } catch (...) {
       cudaGraph_t g = nullptr;
       (void)cudaStreamEndCapture(stream, &g);
@@ -269,41 +266,59 @@ bool graph_time(Case& k, Which which, const Options& opt, double eager_us, cudaS
       (void)cudaGetLastError();
       throw;
     }
+    cudaGraph_t graph = nullptr;
     OPENMLA_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    OPENMLA_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    const cudaError_t inst = cudaGraphInstantiate(&exec_, graph, 0);
+    (void)cudaGraphDestroy(graph);
+    if (inst != cudaSuccess) (void)cudaGetLastError();
+    OPENMLA_CUDA_CHECK(inst);
+  }
+  ~GraphExec() {
+    if (exec_ != nullptr) (void)cudaGraphExecDestroy(exec_);
+  }
+  GraphExec(const GraphExec&) = delete;
+  GraphExec& operator=(const GraphExec&) = delete;
+  void launch(cudaStream_t stream) const { OPENMLA_CUDA_CHECK(cudaGraphLaunch(exec_, stream)); }
+
+ private:
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+// Captures `which(set)` for every set into one CUDA graph and replays it; per-call median and
+// minimum time = replay time / sets. False (with `why`) when capture fails.
+template <class Which>
+bool graph_time(Case& k, Which which, const Options& opt, double eager_us, cudaStream_t stream,
+                double& median_us, double& min_us, int& replays, std::string& why) {
+  const int n = int(k.sets.size());
+  std::unique_ptr<GraphExec> graph;
+  try {
+    graph = std::make_unique<GraphExec>(stream, [&](cudaStream_t st) {
+      for (InputSet& s : k.sets) which(s)(st);
+    });
   } catch (const std::exception& e) {
-    if (graph != nullptr) (void)cudaGraphDestroy(graph);
     (void)cudaGetLastError();
     why = e.what();
     return false;
   }
-  try {
-    for (int i = 0; i < 2; ++i) OPENMLA_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
-    // Replays: as many as fit in about a second (0.2 s with --quick), within [lo, hi].
-    const double per_replay_us = std::max(1.0, eager_us * n);
-    const int lo = opt.quick ? 5 : 20, hi = opt.quick ? 20 : 200;
-    const int reps = std::clamp(int((opt.quick ? 0.2e6 : 1.0e6) / per_replay_us), lo, hi);
-    Events ev(reps + 1);
-    OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
-    for (int i = 0; i < reps; ++i) {
-      OPENMLA_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[i + 1], stream));
-    }
-    OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
-    std::vector<double> us(reps);
-    for (int i = 0; i < reps; ++i) us[i] = ev.ms(i, i + 1) * 1e3 / n;
-    std::sort(us.begin(), us.end());
-    median_us = us[reps / 2];
-    min_us = us.front();
-    replays = reps;
-  } catch (...) {
-    (void)cudaGraphExecDestroy(exec);
-    (void)cudaGraphDestroy(graph);
-    throw;
+  for (int i = 0; i < 2; ++i) graph->launch(stream);
+  OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  // Replays: as many as fit in about a second (0.2 s with --quick), within [lo, hi].
+  const double per_replay_us = std::max(1.0, eager_us * n);
+  const int lo = opt.quick ? 5 : 20, hi = opt.quick ? 20 : 200;
+  const int reps = std::clamp(int((opt.quick ? 0.2e6 : 1.0e6) / per_replay_us), lo, hi);
+  Events ev(reps + 1);
+  OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
+  for (int i = 0; i < reps; ++i) {
+    graph->launch(stream);
+    OPENMLA_CUDA_CHECK(cudaEventRecord(ev[i + 1], stream));
   }
-  OPENMLA_CUDA_CHECK(cudaGraphExecDestroy(exec));
-  OPENMLA_CUDA_CHECK(cudaGraphDestroy(graph));
+  OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<double> us(reps);
+  for (int i = 0; i < reps; ++i) us[i] = ev.ms(i, i + 1) * 1e3 / n;
+  std::sort(us.begin(), us.end());
+  median_us = us[reps / 2];
+  min_us = us.front();
+  replays = reps;
   return true;
 }
 
@@ -322,41 +337,20 @@ DeviceBuffer& rest_buffer() {
 // FlashMLA's own method applied to our whole call: 30 times (10 with --quick) an 8 GB memset
 // then one replay of a graph holding one call, CUDA events around the replay only; the mean.
 double rested_time(Case& k, const Options& opt, cudaStream_t stream) {
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  OPENMLA_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  try {
-    k.sets[0].call(stream);
-  } catch (...) {
-    cudaGraph_t g = nullptr;
-    (void)cudaStreamEndCapture(stream, &g);
-    if (g != nullptr) (void)cudaGraphDestroy(g);
-    (void)cudaGetLastError();
-    throw;
-  }
-  OPENMLA_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-  (void)cudaGraphDestroy(graph);
-  OPENMLA_CUDA_CHECK(inst);
+  const GraphExec graph(stream, [&](cudaStream_t st) { k.sets[0].call(st); });
   DeviceBuffer& flush = rest_buffer();
   const int reps = opt.quick ? 10 : 30;
-  double sum = 0;
-  try {
-    Events ev(2 * reps);
-    OPENMLA_CUDA_CHECK(cudaGraphLaunch(exec, stream));  // warm-up
-    for (int i = 0; i < reps; ++i) {
-      OPENMLA_CUDA_CHECK(cudaMemsetAsync(flush.get(), 0, flush.bytes(), stream));
-      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[2 * i], stream));
-      OPENMLA_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], stream));
-    }
-    OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
-    for (int i = 0; i < reps; ++i) sum += ev.ms(2 * i, 2 * i + 1) * 1e3;
-  } catch (...) {
-    (void)cudaGraphExecDestroy(exec);
-    throw;
+  Events ev(2 * reps);
+  graph.launch(stream);  // warm-up
+  for (int i = 0; i < reps; ++i) {
+    OPENMLA_CUDA_CHECK(cudaMemsetAsync(flush.get(), 0, flush.bytes(), stream));
+    OPENMLA_CUDA_CHECK(cudaEventRecord(ev[2 * i], stream));
+    graph.launch(stream);
+    OPENMLA_CUDA_CHECK(cudaEventRecord(ev[2 * i + 1], stream));
   }
-  OPENMLA_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  double sum = 0;
+  for (int i = 0; i < reps; ++i) sum += ev.ms(2 * i, 2 * i + 1) * 1e3;
   return sum / reps;
 }
 
@@ -495,26 +489,26 @@ int run_gpu(const Options& opt, const std::vector<std::string>& suites, DeviceIn
 
   // Ceilings (OPENMLA_BENCH_NO_CEILINGS=1 leaves them out: profiling runs of one cell).
   const char* no_ceil = std::getenv("OPENMLA_BENCH_NO_CEILINGS");
-  if (no_ceil != nullptr && no_ceil[0] == '1') {
-    ceil.copy_note = ceil.gemm_note = "not measured (OPENMLA_BENCH_NO_CEILINGS=1)";
-  } else {
-  std::cerr << "[ceilings] device-to-device copy ..." << std::flush;
-  try {
-    measure_copy_ceiling(opt.quick, ceil);
-    std::cerr << " " << format_double(ceil.copy_gbps, 0) << " GB/s\n";
-  } catch (const std::exception& e) {
-    ceil.copy_note = std::string("not measured: ") + e.what();
-    std::cerr << " failed: " << e.what() << "\n";
-  }
-  std::cerr << "[ceilings] bf16 GEMM 8192^3 (cuBLAS) ..." << std::flush;
-  try {
-    measure_gemm_ceiling(opt.quick, ceil);
-    std::cerr << " " << format_double(ceil.gemm_tflops, 0) << " TFLOPS\n";
-  } catch (const std::exception& e) {
-    ceil.gemm_note = std::string("not measured: ") + e.what();
-    std::cerr << " failed: " << e.what() << "\n";
-  }
-  }
+  const bool skip_ceilings = no_ceil != nullptr && no_ceil[0] == '1';
+  auto ceiling = [&](const char* what, auto&& measure, const double& value, const char* unit,
+                     std::string& note) {
+    if (skip_ceilings) {
+      note = "not measured (OPENMLA_BENCH_NO_CEILINGS=1)";
+      return;
+    }
+    std::cerr << "[ceilings] " << what << " ..." << std::flush;
+    try {
+      measure();
+      std::cerr << " " << format_double(value, 0) << unit << "\n";
+    } catch (const std::exception& e) {
+      note = std::string("not measured: ") + e.what();
+      std::cerr << " failed: " << e.what() << "\n";
+    }
+  };
+  ceiling("device-to-device copy", [&] { measure_copy_ceiling(opt.quick, ceil); }, ceil.copy_gbps,
+          " GB/s", ceil.copy_note);
+  ceiling("bf16 GEMM 8192^3 (cuBLAS)", [&] { measure_gemm_ceiling(opt.quick, ceil); },
+          ceil.gemm_tflops, " TFLOPS", ceil.gemm_note);
   std::cout << "ceiling  device-to-device copy: " << format_double(ceil.copy_gbps, 0)
             << " GB/s (read + written; ANCHORS.md: " << format_double(kAnchorCopyGBps, 0) << ")\n";
   std::cout << "ceiling  bf16 GEMM 8192^3:      " << format_double(ceil.gemm_tflops, 0)
