@@ -758,13 +758,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (wg == 0 && lane % 4 == 0)
           p.lse[s.req * p.lse_stride_b + h * p.lse_stride_h + sq * p.lse_stride_s] = lse;
       } else {
+        // Partial results: L2 evict-last (read by the combine right after; see ptx.cuh).
+        const uint64_t keep = l2_policy_evict_last();
         const int64_t slot = accum_slot(p, s, hk, rg);
         float* acc = p.plan.o_accum + slot * 512 + wg * 256 + rw.cq;
 #pragma unroll
         for (int j = 0; j < 32; ++j)
-          *reinterpret_cast<float2*>(acc + 8 * j) =
-              make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
-        if (wg == 0 && lane % 4 == 0) p.plan.lse_accum[slot] = empty_row ? -INFINITY : lse;
+          st_global_hint(acc + 8 * j, o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv, keep);
+        if (wg == 0 && lane % 4 == 0)
+          st_global_hint(p.plan.lse_accum + slot, empty_row ? -INFINITY : lse, keep);
       }
     }
     // s_sum is rewritten by the next segment's epilogue only after its own barriers; the Q tile

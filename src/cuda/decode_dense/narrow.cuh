@@ -375,15 +375,18 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
         if (warp == 0 && lane < 4)
           p.lse[s.req * p.lse_stride_b + h * p.lse_stride_h + sq * p.lse_stride_s] = lse;
       } else {
+        // Partial results: L2 evict-last (read by the combine right after; see ptx.cuh).
+        const uint64_t keep = l2_policy_evict_last();
         const int64_t slot = accum_slot(p, s, hk, col);
         float* acc = p.plan.o_accum + slot * 512;
 #pragma unroll
         for (int t = 0; t < 8; ++t) {
           const int i = (k / 2) * 4 + (k & 1);
-          acc[64 * t + r0] = o[t][i] * inv;
-          acc[64 * t + r0 + 8] = o[t][i + 2] * inv;
+          st_global_hint(acc + 64 * t + r0, o[t][i] * inv, keep);
+          st_global_hint(acc + 64 * t + r0 + 8, o[t][i + 2] * inv, keep);
         }
-        if (warp == 0 && lane < 4) p.plan.lse_accum[slot] = empty_row ? -INFINITY : lse;
+        if (warp == 0 && lane < 4)
+          st_global_hint(p.plan.lse_accum + slot, empty_row ? -INFINITY : lse, keep);
       }
     }
     // Q, P^T and the sums are rewritten by the next segment only after every thread is here.

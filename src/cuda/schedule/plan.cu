@@ -204,6 +204,8 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
   const int n_cut = *p.plan.num_split_reqs;
   const int s = row / p.group, h = hk * p.group + row % p.group;
   const int64_t piece_stride = static_cast<int64_t>(p.h_kv) * p.rows;  // in slots
+  // The partial outputs are read once: evict-first.
+  const uint64_t drop = l2_policy_evict_first();
   for (int c = blockIdx.x; c < n_cut; c += gridDim.x) {
     const int4 cut = *reinterpret_cast<const int4*>(p.plan.split_reqs + 4 * c);
     const int req = cut.x, n = cut.y;
@@ -215,7 +217,7 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
     float4 v[kCombineBatch];
 #pragma unroll
     for (int k = 0; k < kCombineBatch; ++k)
-      v[k] = k < n ? *reinterpret_cast<const float4*>(o_in + k * piece_stride * 512)
+      v[k] = k < n ? ld_global_hint(o_in + k * piece_stride * 512, drop)
                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     // lse of pieces lane and lane + 32 (the common case holds them all).
     const float l0 = lane < n ? lse_in[lane * piece_stride] : -INFINITY;
@@ -244,13 +246,107 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
                                   : 0.0f);
 #pragma unroll
       for (int k = 0; k < kCombineBatch; ++k)
-        v[k] = kb + k < n ? *reinterpret_cast<const float4*>(o_in + (kb + k) * piece_stride * 512)
+        v[k] = kb + k < n ? ld_global_hint(o_in + (kb + k) * piece_stride * 512, drop)
                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
       for (int k = 0; k < kCombineBatch; ++k)
         add_weighted(acc, __shfl_sync(0xffffffff, w_lane, (kb + k) % 32), v[k]);
     }
     store_merged(p, req, s, h, d0, acc, inv, lse, threadIdx.x % 128 == 0);
+  }
+}
+
+// A warp per (cut request, KV head, query row) -- an "item" -- over all 512 dims: lane l merges
+// dims 4 l + 128 j (j < 4, coalesced), so each lane has 2 pieces x 4 x 16 bytes of partial
+// outputs in flight, and the warps of a fixed grid (kRowCombineCtasPerSm per SM: one wave)
+// stride over the items, the next item's cut entry loaded ahead. (The kernel above, a warp per
+// quarter row with 4096 CTAs at b=128, ran ~8 waves of dependent round trips.) The lse/weight
+// code is the same as above, written out: as a shared inline helper it made ptxas spill here at
+// the 80-register bound of 3 CTAs per SM.
+constexpr int kRowCombineThreads = 256;
+constexpr int kRowCombineCtasPerSm = 3;
+constexpr int kRowCombineBatch = 2;  // pieces loaded together
+// Fewer items than this (e.g. b=32, h_q=16: 512): the quarter-row kernel above, whose 4 warps per
+// item were ~2 us faster there (the row kernel then runs few warps); from b=128 h_q=16 (2048
+// items) up the row kernel is faster (b=128 h_q=64 s_k=4096: -5 us, h_q=128: -6 us).
+constexpr int64_t kRowCombineMinItems = 1024;
+
+__global__ void __launch_bounds__(kRowCombineThreads, kRowCombineCtasPerSm)
+    row_combine_kernel(DenseDecodeKernelParams p) {
+  grid_dependency_wait();  // the attention kernel's partial results
+  const int lane = threadIdx.x % 32;
+  const int warps = gridDim.x * (kRowCombineThreads / 32);
+  const int n_cut = *p.plan.num_split_reqs;
+  const int per_req = p.h_kv * p.rows;  // items per cut request (KV head major, then row)
+  const int items = n_cut * per_req;
+  const int64_t piece_stride = per_req;  // in slots
+  const uint64_t drop = l2_policy_evict_first();  // partial outputs are read once
+  int it = blockIdx.x * (kRowCombineThreads / 32) + threadIdx.x / 32;
+  int4 cut = it < items ? *reinterpret_cast<const int4*>(p.plan.split_reqs + 4 * (it / per_req))
+                        : make_int4(0, 0, 0, 0);
+  for (; it < items; it += warps) {
+    const int hr = it % per_req;
+    const int req = cut.x, n = cut.y;
+    const int64_t slot0 = static_cast<int64_t>(cut.z) * piece_stride + hr;
+    const float* lse_in = p.plan.lse_accum + slot0;
+    const float* o_in = p.plan.o_accum + slot0 * 512 + 4 * lane;
+    float4 v[kRowCombineBatch][4];
+#pragma unroll
+    for (int k = 0; k < kRowCombineBatch; ++k)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        v[k][j] = k < n ? ld_global_hint(o_in + k * piece_stride * 512 + 128 * j, drop)
+                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float l0 = lane < n ? lse_in[lane * piece_stride] : -INFINITY;
+    const float l1 = lane + 32 < n ? lse_in[(lane + 32) * piece_stride] : -INFINITY;
+    // The next item's cut entry (often the same request), while this one's loads are in flight.
+    const int nx = it + warps;
+    const int4 cut_next = nx < items
+                              ? *reinterpret_cast<const int4*>(p.plan.split_reqs + 4 * (nx / per_req))
+                              : make_int4(0, 0, 0, 0);
+    float mx = fmaxf(l0, l1);
+    for (int k = lane + 64; k < n; k += 32) mx = fmaxf(mx, lse_in[k * piece_stride]);
+    for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+    const bool empty = mx == -INFINITY;
+    // Unnormalized weights (an empty piece, lse -inf, gets exactly 0).
+    const float w0 = empty ? 0.0f : expf(l0 - mx), w1 = empty ? 0.0f : expf(l1 - mx);
+    float sum = w0 + w1;
+    for (int k = lane + 64; k < n; k += 32) sum += empty ? 0.0f : expf(lse_in[k * piece_stride] - mx);
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
+    const float lse = empty ? INFINITY : mx + logf(sum);
+    const float inv = empty ? 0.0f : 1.0f / sum;
+    float acc[4][4] = {};
+#pragma unroll
+    for (int k = 0; k < kRowCombineBatch; ++k) {
+      const float w = __shfl_sync(0xffffffff, w0, k);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) add_weighted(acc[j], w, v[k][j]);
+    }
+    for (int kb = kRowCombineBatch; kb < n; kb += kRowCombineBatch) {
+      const float w_lane = kb < 32    ? w0
+                           : kb < 64  ? w1
+                           : (kb - kb % 32 + lane < n && !empty
+                                  ? expf(lse_in[(kb - kb % 32 + lane) * piece_stride] - mx)
+                                  : 0.0f);
+#pragma unroll
+      for (int k = 0; k < kRowCombineBatch; ++k)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          v[k][j] = kb + k < n ? ld_global_hint(o_in + (kb + k) * piece_stride * 512 + 128 * j, drop)
+                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int k = 0; k < kRowCombineBatch; ++k) {
+        const float w = __shfl_sync(0xffffffff, w_lane, (kb + k) % 32);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) add_weighted(acc[j], w, v[k][j]);
+      }
+    }
+    const int hk = hr / p.rows, row = hr % p.rows;
+    const int s = row / p.group, h = hk * p.group + row % p.group;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      store_merged(p, req, s, h, 4 * lane + 128 * j, acc[j], inv, lse, lane == 0 && j == 0);
+    cut = cut_next;
   }
 }
 
@@ -302,14 +398,14 @@ __global__ void __launch_bounds__(kCombineWideThreads) combine_wide_kernel(Dense
       const float lse = empty ? INFINITY : mx + logf(sum);
       const float inv = empty ? 0.0f : 1.0f / sum;
       const float* o_in = p.plan.o_accum + slot0 * 512 + 4 * t;
+      const uint64_t drop = l2_policy_evict_first();  // (see combine_kernel)
       float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       for (int kb = 0; kb < n; kb += kCombineWideBatch) {
         float4 v[kCombineWideBatch];
 #pragma unroll
         for (int k = 0; k < kCombineWideBatch; ++k)
-          v[k] = kb + k < n
-                     ? *reinterpret_cast<const float4*>(o_in + (kb + k) * piece_stride * 512)
-                     : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          v[k] = kb + k < n ? ld_global_hint(o_in + (kb + k) * piece_stride * 512, drop)
+                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
         for (int k = 0; k < kCombineWideBatch; ++k)
           add_weighted(acc, kb + k < n ? s_w[kb + k] : 0.0f, v[k]);
@@ -405,9 +501,20 @@ void launch_combine(const DenseDecodeKernelParams& p, cudaStream_t stream) {
     launch_pdl(true, combine_wide_kernel, grid, dim3(kCombineWideThreads), 0, stream, p);
     return;
   }
-  dim3 grid(std::min(p.plan.max_split_reqs, kCombineMaxX), (p.rows + kCombineRows - 1) / kCombineRows,
-            p.h_kv);
-  launch_pdl(true, combine_kernel, grid, dim3(kCombineThreads), 0, stream, p);
+  const int64_t items_max = int64_t(p.plan.max_split_reqs) * p.h_kv * p.rows;
+  if (items_max < kRowCombineMinItems) {
+    dim3 grid(std::min(p.plan.max_split_reqs, kCombineMaxX),
+              (p.rows + kCombineRows - 1) / kCombineRows, p.h_kv);
+    launch_pdl(true, combine_kernel, grid, dim3(kCombineThreads), 0, stream, p);
+    return;
+  }
+  // One wave: the attention grid has about one CTA per SM.
+  const int64_t sms = int64_t(p.plan.num_parts) * p.m_blocks * p.h_kv;
+  const int64_t ctas = std::min<int64_t>(kRowCombineCtasPerSm * sms,
+                                         (items_max + kRowCombineThreads / 32 - 1) /
+                                             (kRowCombineThreads / 32));
+  launch_pdl(true, row_combine_kernel, dim3(static_cast<unsigned>(std::max<int64_t>(ctas, 1))),
+             dim3(kRowCombineThreads), 0, stream, p);
 }
 
 }  // namespace openmla::sm90
