@@ -246,6 +246,9 @@ std::vector<Case> cases() {
   v.push_back({64, 1, 140, 128, 1, false, false, 576, 64, true, 0});
   v.push_back({128, 1, 140, 16, 1, false, false, 576, 64, true, 0});
   v.push_back({128, 2, 20, 128, 1, true, false, 576, 64, true, 0});
+  // Requests cut into ~4 pieces with more than 8 cut requests and 128 rows: the row combine
+  // kernel's loop over further pieces.
+  v.push_back({16, 1, 2048, 128, 1, false, false, 576, 64, true, 0});
   // The narrow kernel (<= 32 query rows per KV head) on long contexts: its chunk ring wraps many
   // times, requests are cut across parts (combine), fp16 / d 512 / pages 128 and 256 / s_q 2.
   v.push_back({1, 1, 6000, 16, 1, false, false, 576, 64, false, 0});
