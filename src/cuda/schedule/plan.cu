@@ -176,6 +176,14 @@ __device__ __forceinline__ void add_weighted(float (&acc)[4], float w, const flo
   }
 }
 
+// The merged row's 1 / (sum of weights) and lse, for pieces weighted by exp(lse - mx) summing to
+// `sum`; mx = -inf: every piece was empty (zeros, lse +inf).
+__device__ __forceinline__ void merged_inv_lse(float mx, float sum, float& inv, float& lse) {
+  const bool empty = mx == -INFINITY;
+  inv = empty ? 0.0f : 1.0f / sum;
+  lse = empty ? INFINITY : mx + logf(sum);
+}
+
 // Writes dims d0 .. d0+3 of (request, query s, head h) as acc * inv in the output dtype, and the
 // row's lse from the thread that `writes_lse`.
 __device__ __forceinline__ void store_merged(const DenseDecodeKernelParams& p, int req, int s,
@@ -193,6 +201,39 @@ __device__ __forceinline__ void store_merged(const DenseDecodeKernelParams& p, i
                   h * p.o_stride_h + d0;
   *reinterpret_cast<uint2*>(out) = packed;
   if (writes_lse) p.lse[req * p.lse_stride_b + h * p.lse_stride_h + s * p.lse_stride_s] = lse;
+}
+
+// The max over a cut request's pieces' lse for one row: lane l holds pieces l and l + 32 (l0, l1,
+// loaded by the caller together with the first partial outputs); pieces past 64 are reloaded.
+__device__ __forceinline__ float lse_max(const float* lse_in, int64_t piece_stride, int n,
+                                         int lane, float l0, float l1) {
+  float mx = fmaxf(l0, l1);
+  for (int k = lane + 64; k < n; k += 32) mx = fmaxf(mx, lse_in[k * piece_stride]);
+  for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+  return mx;
+}
+// The sum over the pieces of exp(lse - mx) (0 for all when mx is -inf: every piece empty);
+// `lane_part` is this lane's share of pieces l and l + 32.
+__device__ __forceinline__ float weight_sum(const float* lse_in, int64_t piece_stride, int n,
+                                            int lane, float lane_part, float mx) {
+  float sum = lane_part;
+  const bool empty = mx == -INFINITY;
+  for (int k = lane + 64; k < n; k += 32) sum += empty ? 0.0f : expf(lse_in[k * piece_stride] - mx);
+  for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
+  return sum;
+}
+
+// Lane l's weight for the batch of pieces starting at kb (a batch never straddles 32 pieces):
+// that of piece kb - kb % 32 + l (w0, w1: pieces l and l + 32; later ones reloaded), for the
+// shuffle from lane (kb + k) % 32.
+__device__ __forceinline__ float batch_weight(const float* lse_in, int64_t piece_stride, int n,
+                                              int kb, int lane, float w0, float w1, float mx,
+                                              bool empty) {
+  return kb < 32   ? w0
+         : kb < 64 ? w1
+                   : (kb - kb % 32 + lane < n && !empty
+                          ? expf(lse_in[(kb - kb % 32 + lane) * piece_stride] - mx)
+                          : 0.0f);
 }
 
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKernelParams p) {
@@ -222,28 +263,20 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
     // lse of pieces lane and lane + 32 (the common case holds them all).
     const float l0 = lane < n ? lse_in[lane * piece_stride] : -INFINITY;
     const float l1 = lane + 32 < n ? lse_in[(lane + 32) * piece_stride] : -INFINITY;
-    float mx = fmaxf(l0, l1);
-    for (int k = lane + 64; k < n; k += 32) mx = fmaxf(mx, lse_in[k * piece_stride]);
-    for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+    const float mx = lse_max(lse_in, piece_stride, n, lane, l0, l1);
     const bool empty = mx == -INFINITY;
     // Unnormalized weights (an empty piece, lse -inf, gets exactly 0).
     const float w0 = empty ? 0.0f : expf(l0 - mx), w1 = empty ? 0.0f : expf(l1 - mx);
-    float sum = w0 + w1;
-    for (int k = lane + 64; k < n; k += 32) sum += empty ? 0.0f : expf(lse_in[k * piece_stride] - mx);
-    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
-    const float lse = empty ? INFINITY : mx + logf(sum);
-    const float inv = empty ? 0.0f : 1.0f / sum;
+    const float sum = weight_sum(lse_in, piece_stride, n, lane, w0 + w1, mx);
+    float inv, lse;
+    merged_inv_lse(mx, sum, inv, lse);
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int k = 0; k < kCombineBatch; ++k)
       add_weighted(acc, __shfl_sync(0xffffffff, w0, k), v[k]);
     // More pieces (small batches cut over many parts): kCombineBatch loads at a time.
     for (int kb = kCombineBatch; kb < n; kb += kCombineBatch) {
-      const float w_lane = kb < 32    ? w0
-                           : kb < 64  ? w1
-                           : (kb - kb % 32 + lane < n && !empty
-                                  ? expf(lse_in[(kb - kb % 32 + lane) * piece_stride] - mx)
-                                  : 0.0f);
+      const float w_lane = batch_weight(lse_in, piece_stride, n, kb, lane, w0, w1, mx, empty);
 #pragma unroll
       for (int k = 0; k < kCombineBatch; ++k)
         v[k] = kb + k < n ? ld_global_hint(o_in + (kb + k) * piece_stride * 512, drop)
@@ -260,9 +293,9 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
 // dims 4 l + 128 j (j < 4, coalesced), so each lane has 2 pieces x 4 x 16 bytes of partial
 // outputs in flight, and the warps of a fixed grid (kRowCombineCtasPerSm per SM: one wave)
 // stride over the items, the next item's cut entry loaded ahead. (The kernel above, a warp per
-// quarter row with 4096 CTAs at b=128, ran ~8 waves of dependent round trips.) The lse/weight
-// code is the same as above, written out: as a shared inline helper it made ptxas spill here at
-// the 80-register bound of 3 CTAs per SM.
+// quarter row with 4096 CTAs at b=128, ran ~8 waves of dependent round trips.) The few lines
+// that turn the lse into weights repeat the kernel above: folded into one helper (a struct or
+// out-parameters) they made ptxas spill here, at the 80-register bound of 3 CTAs per SM.
 constexpr int kRowCombineThreads = 256;
 constexpr int kRowCombineCtasPerSm = 3;
 constexpr int kRowCombineBatch = 2;  // pieces loaded together
@@ -301,20 +334,16 @@ __global__ void __launch_bounds__(kRowCombineThreads, kRowCombineCtasPerSm)
     const float l1 = lane + 32 < n ? lse_in[(lane + 32) * piece_stride] : -INFINITY;
     // The next item's cut entry (often the same request), while this one's loads are in flight.
     const int nx = it + warps;
-    const int4 cut_next = nx < items
-                              ? *reinterpret_cast<const int4*>(p.plan.split_reqs + 4 * (nx / per_req))
-                              : make_int4(0, 0, 0, 0);
-    float mx = fmaxf(l0, l1);
-    for (int k = lane + 64; k < n; k += 32) mx = fmaxf(mx, lse_in[k * piece_stride]);
-    for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+    const int4 cut_next =
+        nx < items ? *reinterpret_cast<const int4*>(p.plan.split_reqs + 4 * (nx / per_req))
+                   : make_int4(0, 0, 0, 0);
+    const float mx = lse_max(lse_in, piece_stride, n, lane, l0, l1);
     const bool empty = mx == -INFINITY;
     // Unnormalized weights (an empty piece, lse -inf, gets exactly 0).
     const float w0 = empty ? 0.0f : expf(l0 - mx), w1 = empty ? 0.0f : expf(l1 - mx);
-    float sum = w0 + w1;
-    for (int k = lane + 64; k < n; k += 32) sum += empty ? 0.0f : expf(lse_in[k * piece_stride] - mx);
-    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
-    const float lse = empty ? INFINITY : mx + logf(sum);
-    const float inv = empty ? 0.0f : 1.0f / sum;
+    const float sum = weight_sum(lse_in, piece_stride, n, lane, w0 + w1, mx);
+    float inv, lse;
+    merged_inv_lse(mx, sum, inv, lse);
     float acc[4][4] = {};
 #pragma unroll
     for (int k = 0; k < kRowCombineBatch; ++k) {
@@ -323,17 +352,14 @@ __global__ void __launch_bounds__(kRowCombineThreads, kRowCombineCtasPerSm)
       for (int j = 0; j < 4; ++j) add_weighted(acc[j], w, v[k][j]);
     }
     for (int kb = kRowCombineBatch; kb < n; kb += kRowCombineBatch) {
-      const float w_lane = kb < 32    ? w0
-                           : kb < 64  ? w1
-                           : (kb - kb % 32 + lane < n && !empty
-                                  ? expf(lse_in[(kb - kb % 32 + lane) * piece_stride] - mx)
-                                  : 0.0f);
+      const float w_lane = batch_weight(lse_in, piece_stride, n, kb, lane, w0, w1, mx, empty);
 #pragma unroll
       for (int k = 0; k < kRowCombineBatch; ++k)
 #pragma unroll
         for (int j = 0; j < 4; ++j)
-          v[k][j] = kb + k < n ? ld_global_hint(o_in + (kb + k) * piece_stride * 512 + 128 * j, drop)
-                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          v[k][j] = kb + k < n
+                        ? ld_global_hint(o_in + (kb + k) * piece_stride * 512 + 128 * j, drop)
+                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
       for (int k = 0; k < kRowCombineBatch; ++k) {
         const float w = __shfl_sync(0xffffffff, w_lane, (kb + k) % 32);
@@ -395,8 +421,8 @@ __global__ void __launch_bounds__(kCombineWideThreads) combine_wide_kernel(Dense
       if (lane == 0) s_red[1][warp] = sum;
       __syncthreads();
       sum = (s_red[1][0] + s_red[1][1]) + (s_red[1][2] + s_red[1][3]);
-      const float lse = empty ? INFINITY : mx + logf(sum);
-      const float inv = empty ? 0.0f : 1.0f / sum;
+      float inv, lse;
+      merged_inv_lse(mx, sum, inv, lse);
       const float* o_in = p.plan.o_accum + slot0 * 512 + 4 * t;
       const uint64_t drop = l2_policy_evict_first();  // (see combine_kernel)
       float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
