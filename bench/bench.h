@@ -196,6 +196,9 @@ struct Result {
   // 8 GB memset that flushes L2 and gives the GPU a rest; mean over 30 calls of the whole call
   // (one CUDA-graph replay each), CUDA events around the call only.
   double rested_us = kNaN;
+  // SM clock right after the graph replays (a probe kernel queued behind them): below the
+  // maximum when sustained replays hit the power cap.
+  double clock_mhz = kNaN;
   int sets = 0;            // input sets rotated over (L2)
   int replays = 0;
   Work work;

@@ -27,7 +27,28 @@ __global__ void fill_normal_bf16_kernel(__nv_bfloat16* __restrict__ dst, size_t 
   }
 }
 
+__global__ void clock_probe_kernel(unsigned long long* out) {
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  const long long c0 = clock64();
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < 50000);
+  out[0] = static_cast<unsigned long long>(clock64() - c0);
+  out[1] = t - t0;
+}
+
 }  // namespace
+
+double sm_clock_mhz(cudaStream_t stream) {
+  static DeviceBuffer buf(2 * sizeof(unsigned long long));
+  unsigned long long h[2] = {0, 0};
+  clock_probe_kernel<<<1, 1, 0, stream>>>(static_cast<unsigned long long*>(buf.get()));
+  OPENMLA_CUDA_CHECK(cudaGetLastError());
+  OPENMLA_CUDA_CHECK(cudaMemcpyAsync(h, buf.get(), sizeof h, cudaMemcpyDeviceToHost, stream));
+  OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return h[1] > 0 ? double(h[0]) / double(h[1]) * 1e3 : 0.0;
+}
 
 DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
   if (bytes > 0) OPENMLA_CUDA_CHECK(cudaMalloc(&ptr_, bytes));

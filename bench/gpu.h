@@ -44,6 +44,10 @@ class DeviceBuffer {
 // dst[i] = bf16(sigma * N(0, 1)) from a counter-based hash of (seed, i): no curand, no state.
 void fill_normal_bf16(void* dst, size_t count, uint64_t seed, float sigma, cudaStream_t stream);
 
+// The SM clock in MHz now: a one-thread kernel counts clock64 cycles over ~50 us of globaltimer,
+// queued on `stream` (so it runs right after the work queued before it); waits for the stream.
+double sm_clock_mhz(cudaStream_t stream);
+
 // A non-blocking stream owned for the lifetime of a measurement.
 class BenchStream {
  public:

@@ -288,7 +288,8 @@ class GraphExec {
 // minimum time = replay time / sets. False (with `why`) when capture fails.
 template <class Which>
 bool graph_time(Case& k, Which which, const Options& opt, double eager_us, cudaStream_t stream,
-                double& median_us, double& min_us, int& replays, std::string& why) {
+                double& median_us, double& min_us, int& replays, std::string& why,
+                double* clock_mhz = nullptr) {
   const int n = int(k.sets.size());
   std::unique_ptr<GraphExec> graph;
   try {
@@ -312,6 +313,7 @@ bool graph_time(Case& k, Which which, const Options& opt, double eager_us, cudaS
     graph->launch(stream);
     OPENMLA_CUDA_CHECK(cudaEventRecord(ev[i + 1], stream));
   }
+  if (clock_mhz != nullptr) *clock_mhz = sm_clock_mhz(stream);  // (after the last event)
   OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
   std::vector<double> us(reps);
   for (int i = 0; i < reps; ++i) us[i] = ev.ms(i, i + 1) * 1e3 / n;
@@ -387,7 +389,7 @@ void time_case(Case& k, const Options& opt, cudaStream_t stream, Result& r) {
   // 3. Graph: capture one call per set, replay; per-call time = replay time / sets.
   std::string why;
   if (!graph_time(k, [](InputSet& s) -> auto& { return s.call; }, opt, r.eager_us, stream,
-                  r.graph_us, r.graph_min_us, r.replays, why)) {
+                  r.graph_us, r.graph_min_us, r.replays, why, &r.clock_mhz)) {
     r.message = "CUDA-graph capture failed, eager time only: " + why;
     return;
   }
@@ -571,6 +573,8 @@ int run_gpu(const Options& opt, const std::vector<std::string>& suites, DeviceIn
                   << format_double(r.eager_us, 1) << " us, " << format_double(r.tflops, 1)
                   << " TFLOPS, " << format_double(r.gbps, 0) << " GB/s";
         std::cerr << ", rested " << format_double(r.rested_us, 1) << " us";
+        if (!std::isnan(r.clock_mhz))
+          std::cerr << ", SM clock after the replays " << format_double(r.clock_mhz, 0) << " MHz";
         if (!std::isnan(r.op_us))
           std::cerr << " | plan alone " << format_double(r.plan_us, 1) << " us, operator alone "
                     << format_double(r.op_us, 1) << " us";
