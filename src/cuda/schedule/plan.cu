@@ -53,6 +53,32 @@ __device__ T cta_exclusive_scan(T v, T& total) {
 // without its O(b + parts) single-thread loop (which took 30-50 us at b=128).
 // Batch-invariant plans never cut: request i goes whole to the part its cost midpoint falls in, so
 // its bits do not depend on the rest of the batch, and parts stay within one request of `per`.
+// Development builds (-DOPENMLA_DECODE_PROFILE): thread 0 stamps clock64 and globaltimer at the
+// planner's entry, after each of its three steps and at its exit; planner_prof_print (launched
+// right after the planner) prints the step durations.
+#if defined(OPENMLA_DECODE_PROFILE)
+__device__ unsigned long long g_plan_prof[5][2];
+__device__ __forceinline__ void plan_stamp(int k) {
+  if (threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    g_plan_prof[k][0] = static_cast<unsigned long long>(clock64());
+    g_plan_prof[k][1] = t;
+  }
+}
+__global__ void planner_prof_print() {
+  printf("plan-prof cycles / ns: step1 %llu / %llu, step2 %llu / %llu, step3 %llu / %llu, exit "
+         "%llu / %llu\n",
+         g_plan_prof[1][0] - g_plan_prof[0][0], g_plan_prof[1][1] - g_plan_prof[0][1],
+         g_plan_prof[2][0] - g_plan_prof[1][0], g_plan_prof[2][1] - g_plan_prof[1][1],
+         g_plan_prof[3][0] - g_plan_prof[2][0], g_plan_prof[3][1] - g_plan_prof[2][1],
+         g_plan_prof[4][0] - g_plan_prof[3][0], g_plan_prof[4][1] - g_plan_prof[3][1]);
+}
+#define OPENMLA_PLAN_STAMP(k) plan_stamp(k)
+#else
+#define OPENMLA_PLAN_STAMP(k)
+#endif
+
 __global__ void __launch_bounds__(kPlannerThreads, 1)
     planner_kernel(const int32_t* __restrict__ seqlens, int64_t seqlens_stride, int batch,
                    int batch_invariant, PlanBuffers buf, PlanScratch scratch) {
@@ -63,6 +89,7 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
   int* first_part = staged ? first_s : scratch.first_part;
   int* last_part = staged ? last_s : scratch.last_part;
   const int parts = buf.num_parts;
+  OPENMLA_PLAN_STAMP(0);
   auto nblk_of = [&](int i) {
     return (max(0, seqlens[i * seqlens_stride]) + kBlockTokens - 1) / kBlockTokens;
   };
@@ -80,6 +107,7 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
   const long long per = max(1ll, (total + parts - 1) / parts);
   auto cost_of = [&](int i) { return (i + 1 < batch ? prefix[i + 1] : total) - prefix[i]; };
   __syncthreads();
+  OPENMLA_PLAN_STAMP(1);
   // 2. Each request's parts, its pieces and (cut requests only) accumulator slots.
   int cuts = 0, slots = 0;
   for (int i = i0; i < i1; ++i) {
@@ -115,6 +143,7 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
   }
   if (threadIdx.x == 0) *buf.num_split_reqs = n_cut;
   __syncthreads();
+  OPENMLA_PLAN_STAMP(2);
   // 3. Each part: its first request is the first whose last part is >= p, its last the last
   // whose first part is <= p (both arrays are non-decreasing); block bounds from the line.
   for (int p = threadIdx.x; p < parts; p += kPlannerThreads) {
@@ -149,6 +178,12 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
                          ? static_cast<int>(cost_of(last) - kFixedCost)
                          : static_cast<int>((p + 1) * per - prefix[last] - kFixedCost);
   }
+#if defined(OPENMLA_DECODE_PROFILE)
+  __syncthreads();
+  OPENMLA_PLAN_STAMP(3);
+  __threadfence();
+  OPENMLA_PLAN_STAMP(4);
+#endif
 }
 
 // One warp per (cut request, query row, quarter of the 512 dims), each lane 4 dims; a CTA holds
@@ -517,6 +552,9 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
   launch_pdl(false, planner_kernel, dim3(1), dim3(kPlannerThreads), 0, static_cast<cudaStream_t>(stream),
              static_cast<const int32_t*>(cache_seqlens.data), cache_seqlens.strides[0],
              impl.config.batch, impl.config.batch_invariant ? 1 : 0, st->buf, st->scratch);
+#if defined(OPENMLA_DECODE_PROFILE)
+  planner_prof_print<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>();
+#endif
   st->updated = true;
 }
 
