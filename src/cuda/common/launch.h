@@ -18,11 +18,14 @@
 
 namespace openmla::sm90 {
 
+// Whether the environment variable `name` is "1" (the development switches).
+inline bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
 inline bool pdl_enabled() {
-  static const bool enabled = [] {
-    const char* v = std::getenv("OPENMLA_DISABLE_PDL");
-    return v == nullptr || std::strcmp(v, "1") != 0;
-  }();
+  static const bool enabled = !env_flag("OPENMLA_DISABLE_PDL");
   return enabled;
 }
 

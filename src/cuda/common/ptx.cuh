@@ -73,8 +73,6 @@ __device__ __forceinline__ void mbar_arrive_expect_tx_pred(uint64_t* bar, uint32
       "r"(bytes), "r"(static_cast<int>(pred))
       : "memory");
 }
-// Predicated 32-bit global load: `fallback` when `pred` is false (the address is not touched).
-// Deliberately not .nc: ptxas may hoist non-coherent loads above griddepcontrol.wait.
 __device__ __forceinline__ void mbar_arrive_pred(uint64_t* bar, bool pred) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n"
@@ -82,6 +80,8 @@ __device__ __forceinline__ void mbar_arrive_pred(uint64_t* bar, bool pred) {
       "r"(static_cast<int>(pred))
       : "memory");
 }
+// Predicated 32-bit global load: `fallback` when `pred` is false (the address is not touched).
+// Deliberately not .nc: ptxas may hoist non-coherent loads above griddepcontrol.wait.
 __device__ __forceinline__ int ld_pred(const int32_t* ptr, bool pred, int fallback) {
   int v = fallback;
   asm volatile(

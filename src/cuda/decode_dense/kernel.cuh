@@ -32,6 +32,7 @@
 
 #include "cuda/common/ptx.cuh"
 #include "cuda/common/wgmma_gen.cuh"
+#include "cuda/decode_dense/rows.cuh"
 #include "cuda/params.h"
 
 namespace openmla::sm90::dense_decode_detail {
@@ -189,6 +190,28 @@ __device__ __forceinline__ int64_t accum_slot(const DenseDecodeKernelParams& p, 
          row;
 }
 
+// Copies query rows [row0, row0 + tile_rows) of KV head hk into a Q tile of 128B-swizzled
+// 64-element chunks (chunk c of tile row r at c * chunk_bytes + r * 128), zero-filling rows past
+// p.rows; thread t of `nthreads` issues every nthreads-th 16-byte copy. cp.async: all of a
+// thread's copies are in flight at once (a load-then-store loop waited one global latency per
+// row group: ncu showed it among the top stalls). The caller waits for them and synchronizes.
+template <class Elem, int kChunks>
+__device__ __forceinline__ void copy_q_tile(const DenseDecodeKernelParams& p, int req, int hk,
+                                            int row0, int tile_rows, uint8_t* dst,
+                                            int chunk_bytes, int t, int nthreads) {
+  constexpr int kUnitsPerRow = kChunks * 8;  // 16-byte units
+#pragma unroll 1
+  for (int u = t; u < tile_rows * kUnitsPerRow; u += nthreads) {
+    const int r = u / kUnitsPerRow, cu = u % kUnitsPerRow;
+    const int rg = row0 + r;
+    const bool valid = rg < p.rows;
+    const Elem* src = q_row<Elem>(p, req, valid ? query_row(p, hk, rg) : QueryRow{0, 0}) + cu * 8;
+    const int chunk = cu / 8, unit = cu % 8;
+    cp_async_16(dst + chunk * chunk_bytes + r * 128 + ((unit ^ (r & 7)) << 4), src,
+                valid ? 16 : 0);
+  }
+}
+
 template <class T>
 __device__ __forceinline__ uint32_t pack2(float a, float b);
 template <>
@@ -245,16 +268,16 @@ __device__ __forceinline__ void mask_rowmax(float (&sc)[32], const Rows& rw, int
     }
   } else {
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < 8; ++j) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int i = e / 2;
-      const int tok = tok0 + 8 * j + rw.cq + (e & 1);
-      const float v = tok < limit[i] ? sc[4 * j + e] : -INFINITY;
-      sc[4 * j + e] = v;
-      mx[i] = fmaxf(mx[i], v);
+      for (int e = 0; e < 4; ++e) {
+        const int i = e / 2;
+        const int tok = tok0 + 8 * j + rw.cq + (e & 1);
+        const float v = tok < limit[i] ? sc[4 * j + e] : -INFINITY;
+        sc[4 * j + e] = v;
+        mx[i] = fmaxf(mx[i], v);
+      }
     }
-  }
   }
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -340,9 +363,15 @@ __device__ __forceinline__ void scale_o(float (&o)[128], const float (&f)[2]) {
   }
 }
 
-// scale_o unless every factor of the warp is 1 (a warp-uniform branch).
+// Whether some row of the warp has a rescale factor other than 1 (a warp-uniform answer: with the
+// lazy max, most blocks have none).
+__device__ __forceinline__ bool any_rescale(const float (&f)[2]) {
+  return __any_sync(0xffffffff, f[0] != 1.0f || f[1] != 1.0f);
+}
+
+// scale_o unless every factor of the warp is 1.
 __device__ __forceinline__ void scale_o_if(float (&o)[128], const float (&f)[2]) {
-  if (__any_sync(0xffffffff, f[0] != 1.0f || f[1] != 1.0f)) scale_o(o, f);
+  if (any_rescale(f)) scale_o(o, f);
 }
 
 // Tokens past the end of the cache in a block: V rows must be finite zeros (P is 0 there, but
@@ -511,24 +540,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int first_page = box_page(p, s, has_first ? s.blk_lo + wg : s.blk_lo, wl);
     // ---- Q tile: rows (s, g) of this KV head, zero-padded to 64, into swizzled chunks ----
     {
-      const Elem* q = static_cast<const Elem*>(p.q);
-      constexpr int kUnitsPerRow = kChunks * 8;  // 16-byte units
-      // cp.async: all 18 (16) copies of a thread are in flight at once (a load-then-store loop
-      // waited one global latency per row group: ncu showed it among the top stalls). Rows past
-      // the query rows are zero-filled (source size 0).
-      static_assert(64 * kUnitsPerRow % kThreads == 0, "Q tile split");
-#pragma unroll 1
-      for (int k = 0; k < 64 * kUnitsPerRow / kThreads; ++k) {
-        const int u = tid + k * kThreads;
-        const int r = u / kUnitsPerRow, cu = u % kUnitsPerRow;
-        const int rg = m_block * 64 + r;
-        const bool valid = rg < p.rows;
-        const int sq = valid ? rg / p.group : 0, h = valid ? hk * p.group + rg % p.group : 0;
-        const Elem* src = q + s.req * p.q_stride_b + sq * p.q_stride_s + h * p.q_stride_h + cu * 8;
-        const int chunk = cu / 8, unit = cu % 8;
-        cp_async_16(smem + L::kQ + chunk * kChunkBytes + r * 128 + ((unit ^ (r & 7)) << 4), src,
-                    valid ? 16 : 0);
-      }
+      copy_q_tile<Elem, kChunks>(p, s.req, hk, m_block * 64, 64, smem + L::kQ, kChunkBytes, tid,
+                                 kThreads);
       // First pair of this segment: both stages are free (end-of-segment barrier below).
       if (has_first) {
         if (wg == 0)
@@ -544,12 +557,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Per-row token limits (exclusive) for rows r0 and r0 + 8.
     int limit[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int rg = m_block * 64 + rw.r0 + 8 * i;
-      int lim = s.len;
-      if (p.causal && rg < p.rows) lim = min(s.len, max(0, s.len - p.s_q + rg / p.group + 1));
-      limit[i] = lim;
-    }
+    for (int i = 0; i < 2; ++i) limit[i] = row_limit(p, s.len, m_block * 64 + rw.r0 + 8 * i);
 
     float o[128];
 #pragma unroll
@@ -620,8 +628,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         // P0 was stored as packed before its P V (below); with the lazy max it rarely needs the
         // rescale to m1, then it is stored again from the fp32 values.
-        if (__any_sync(0xffffffff, f1[0] != 1.0f || f1[1] != 1.0f))
-          store_p<Elem>(smem + L::p_tile(0), sc, f1, rw);
+        if (any_rescale(f1)) store_p<Elem>(smem + L::p_tile(0), sc, f1, rw);
         fence_proxy_async();
         named_barrier_arrive(kBarP0, kThreads);
         wgmma_wait<0>();
@@ -747,16 +754,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       const float inv = empty_row ? 0.0f : 1.0f / lt;
       const float lse = empty_row ? INFINITY : m[i] * p.scale + logf(lt);
       if (rg >= p.rows) continue;
-      const int sq = rg / p.group, h = hk * p.group + rg % p.group;
+      const QueryRow qr = query_row(p, hk, rg);
       if (nsplit <= 1) {
-        Elem* out = static_cast<Elem*>(p.out) + s.req * p.o_stride_b + sq * p.o_stride_s +
-                    h * p.o_stride_h + wg * 256 + rw.cq;
+        Elem* out = out_row<Elem>(p, s.req, qr) + wg * 256 + rw.cq;
 #pragma unroll
         for (int j = 0; j < 32; ++j)
           *reinterpret_cast<uint32_t*>(out + 8 * j) =
               pack2<Elem>(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
-        if (wg == 0 && lane % 4 == 0)
-          p.lse[s.req * p.lse_stride_b + h * p.lse_stride_h + sq * p.lse_stride_s] = lse;
+        if (wg == 0 && lane % 4 == 0) *lse_at(p, s.req, qr) = lse;
       } else {
         // Partial results: L2 evict-last (read by the combine right after; see ptx.cuh).
         const uint64_t keep = l2_policy_evict_last();

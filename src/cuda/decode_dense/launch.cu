@@ -1,7 +1,6 @@
 // Dense decode launcher: CUDA-specific checks, TMA map of the paged cache, kernel + combine.
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <numeric>
 
 #include "backend.h"
@@ -80,10 +79,7 @@ void launch_any(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 
 // Development switch for A/B measurements: OPENMLA_DECODE_NO_NARROW=1 sends every shape to the
 // main kernel.
 bool narrow_disabled() {
-  static const bool v = [] {
-    const char* e = std::getenv("OPENMLA_DECODE_NO_NARROW");
-    return e != nullptr && e[0] == '1';
-  }();
+  static const bool v = env_flag("OPENMLA_DECODE_NO_NARROW");
   return v;
 }
 

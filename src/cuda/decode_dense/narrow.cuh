@@ -106,6 +106,14 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     const uint64_t policy = l2_policy_evict_first();
     uint32_t count = 0;
     uint8_t* ring = smem + L::kRing;
+    // The next ring slot, once its readers have released it, armed for `bytes` (lane 0).
+    auto acquire_slot = [&](uint32_t bytes) {
+      const int slot = static_cast<int>(count % L::kSlots);
+      mbar_wait(&empty[slot], ((count / L::kSlots) & 1) ^ 1);
+      mbar_arrive_expect_tx_pred(&full[slot], bytes, lane == 0);
+      ++count;
+      return slot;
+    };
     for_each_segment(p, part, [&](const Segment& seg) {
       const Segment s = uniform_segment(seg);
       const int req = s.req, len = s.len, blk_lo = s.blk_lo, blk_hi = s.blk_hi;
@@ -121,13 +129,9 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
             const int page = __shfl_sync(0xffffffff, page_l, k);
             const int in_page = ((base + k) * 64) % p.page_size;
             for (int c = 0; c < kChunks; ++c) {
-              const int slot = static_cast<int>(count % L::kSlots);
-              const uint32_t use = count / L::kSlots;
-              mbar_wait(&empty[slot], (use & 1) ^ 1);
-              mbar_arrive_expect_tx_pred(&full[slot], kChunkBytes, lane == 0);
+              const int slot = acquire_slot(kChunkBytes);
               tma_load_4d_pred(ring + slot * kChunkBytes, &kmap, &full[slot], c * 64, hk,
                                in_page, page, policy, lane == 0);
-              ++count;
             }
           }
         }
@@ -152,17 +156,13 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
           }
           const uint32_t bytes = static_cast<uint32_t>(nbox * box * 128);
           for (int c = 0; c < kChunks; ++c) {
-            const int slot = static_cast<int>(count % L::kSlots);
-            const uint32_t use = count / L::kSlots;
-            mbar_wait(&empty[slot], (use & 1) ^ 1);
-            mbar_arrive_expect_tx_pred(&full[slot], bytes, lane == 0);
+            const int slot = acquire_slot(bytes);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
               const int bx = lane + 32 * h;
               tma_load_4d_pred(ring + slot * kChunkBytes + bx * box * 128, &kmap, &full[slot],
                                c * 64, hk, in_page[h], page[h], policy, bx < nbox);
             }
-            ++count;
           }
         }
       }
@@ -205,18 +205,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     const Segment s = uniform_segment(seg);
     // ---- Q tile: the kN query rows of this KV head (zero rows past p.rows) ----
     {
-      const Elem* q = static_cast<const Elem*>(p.q);
-      constexpr int kUnitsPerRow = kChunks * 8;  // 16-byte units
-#pragma unroll 1
-      for (int u = wl; u < kN * kUnitsPerRow; u += 128) {
-        const int r = u / kUnitsPerRow, cu = u % kUnitsPerRow;
-        const bool valid = r < p.rows;
-        const int sq = valid ? r / p.group : 0, h = valid ? hk * p.group + r % p.group : 0;
-        const Elem* src = q + s.req * p.q_stride_b + sq * p.q_stride_s + h * p.q_stride_h + cu * 8;
-        const int chunk = cu / 8, unit = cu % 8;
-        cp_async_16(smem + L::kQ + chunk * L::kQChunk + r * 128 + ((unit ^ (r & 7)) << 4), src,
-                    valid ? 16 : 0);
-      }
+      copy_q_tile<Elem, kChunks>(p, s.req, hk, 0, kN, smem + L::kQ, L::kQChunk, wl, 128);
       cp_async_wait_all();
       fence_proxy_async();
       named_barrier(kNarrowBar, 128);
@@ -224,12 +213,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     // Token limit (exclusive) of each query-row column this thread holds.
     int limit[kCols];
 #pragma unroll
-    for (int k = 0; k < kCols; ++k) {
-      const int col = 8 * (k / 2) + cq + (k & 1);
-      int lim = s.len;
-      if (p.causal && col < p.rows) lim = min(s.len, max(0, s.len - p.s_q + col / p.group + 1));
-      limit[k] = lim;
-    }
+    for (int k = 0; k < kCols; ++k) limit[k] = row_limit(p, s.len, 8 * (k / 2) + cq + (k & 1));
     float o[8][kAcc];  // O^T: 8 tiles of 64 dims x kN
 #pragma unroll
     for (int t = 0; t < 8; ++t)
@@ -362,18 +346,16 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
       const float inv = empty_row ? 0.0f : 1.0f / lt;
       const float lse = empty_row ? INFINITY : m[k] * p.scale + logf(lt);
       if (col >= p.rows) continue;
-      const int sq = col / p.group, h = hk * p.group + col % p.group;
+      const QueryRow qr = query_row(p, hk, col);
       if (nsplit <= 1) {
-        Elem* out = static_cast<Elem*>(p.out) + s.req * p.o_stride_b + sq * p.o_stride_s +
-                    h * p.o_stride_h;
+        Elem* out = out_row<Elem>(p, s.req, qr);
 #pragma unroll
         for (int t = 0; t < 8; ++t) {
           const int i = (k / 2) * 4 + (k & 1);
           out[64 * t + r0] = Elem(o[t][i] * inv);
           out[64 * t + r0 + 8] = Elem(o[t][i + 2] * inv);
         }
-        if (warp == 0 && lane < 4)
-          p.lse[s.req * p.lse_stride_b + h * p.lse_stride_h + sq * p.lse_stride_s] = lse;
+        if (warp == 0 && lane < 4) *lse_at(p, s.req, qr) = lse;
       } else {
         // Partial results: L2 evict-last (read by the combine right after; see ptx.cuh).
         const uint64_t keep = l2_policy_evict_last();

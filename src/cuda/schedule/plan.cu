@@ -9,6 +9,7 @@
 #include "cuda/common/cuda_check.h"
 #include "cuda/common/launch.h"
 #include "cuda/common/ptx.cuh"
+#include "cuda/decode_dense/rows.cuh"
 #include "cuda/schedule/plan.h"
 
 namespace openmla::sm90 {
@@ -219,11 +220,11 @@ __device__ __forceinline__ void merged_inv_lse(float mx, float sum, float& inv, 
   lse = empty ? INFINITY : mx + logf(sum);
 }
 
-// Writes dims d0 .. d0+3 of (request, query s, head h) as acc * inv in the output dtype, and the
+// Writes dims d0 .. d0+3 of query row q of request req as acc * inv in the output dtype, and the
 // row's lse from the thread that `writes_lse`.
-__device__ __forceinline__ void store_merged(const DenseDecodeKernelParams& p, int req, int s,
-                                             int h, int d0, const float (&acc)[4], float inv,
-                                             float lse, bool writes_lse) {
+__device__ __forceinline__ void store_merged(const DenseDecodeKernelParams& p, int req, QueryRow q,
+                                             int d0, const float (&acc)[4], float inv, float lse,
+                                             bool writes_lse) {
   uint16_t bits[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -232,10 +233,8 @@ __device__ __forceinline__ void store_merged(const DenseDecodeKernelParams& p, i
   uint2 packed;
   packed.x = bits[0] | (static_cast<uint32_t>(bits[1]) << 16);
   packed.y = bits[2] | (static_cast<uint32_t>(bits[3]) << 16);
-  uint16_t* out = static_cast<uint16_t*>(p.out) + req * p.o_stride_b + s * p.o_stride_s +
-                  h * p.o_stride_h + d0;
-  *reinterpret_cast<uint2*>(out) = packed;
-  if (writes_lse) p.lse[req * p.lse_stride_b + h * p.lse_stride_h + s * p.lse_stride_s] = lse;
+  *reinterpret_cast<uint2*>(out_row<uint16_t>(p, req, q) + d0) = packed;
+  if (writes_lse) *lse_at(p, req, q) = lse;
 }
 
 // The max over a cut request's pieces' lse for one row: lane l holds pieces l and l + 32 (l0, l1,
@@ -278,7 +277,7 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
   const int d0 = (warp % 4) * 128 + lane * 4;
   if (row >= p.rows) return;
   const int n_cut = *p.plan.num_split_reqs;
-  const int s = row / p.group, h = hk * p.group + row % p.group;
+  const QueryRow qr = query_row(p, hk, row);
   const int64_t piece_stride = static_cast<int64_t>(p.h_kv) * p.rows;  // in slots
   // The partial outputs are read once: evict-first.
   const uint64_t drop = l2_policy_evict_first();
@@ -320,7 +319,7 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(DenseDecodeKer
       for (int k = 0; k < kCombineBatch; ++k)
         add_weighted(acc, __shfl_sync(0xffffffff, w_lane, (kb + k) % 32), v[k]);
     }
-    store_merged(p, req, s, h, d0, acc, inv, lse, threadIdx.x % 128 == 0);
+    store_merged(p, req, qr, d0, acc, inv, lse, threadIdx.x % 128 == 0);
   }
 }
 
@@ -402,11 +401,10 @@ __global__ void __launch_bounds__(kRowCombineThreads, kRowCombineCtasPerSm)
         for (int j = 0; j < 4; ++j) add_weighted(acc[j], w, v[k][j]);
       }
     }
-    const int hk = hr / p.rows, row = hr % p.rows;
-    const int s = row / p.group, h = hk * p.group + row % p.group;
+    const QueryRow qr = query_row(p, hr / p.rows, hr % p.rows);
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      store_merged(p, req, s, h, 4 * lane + 128 * j, acc[j], inv, lse, lane == 0 && j == 0);
+      store_merged(p, req, qr, 4 * lane + 128 * j, acc[j], inv, lse, lane == 0 && j == 0);
     cut = cut_next;
   }
 }
@@ -429,7 +427,7 @@ __global__ void __launch_bounds__(kCombineWideThreads) combine_wide_kernel(Dense
   const int n_cut = *p.plan.num_split_reqs;
   const int64_t piece_stride = static_cast<int64_t>(p.h_kv) * p.rows;  // in slots
   for (int row = blockIdx.y; row < p.rows; row += gridDim.y) {
-    const int s = row / p.group, h = hk * p.group + row % p.group;
+    const QueryRow qr = query_row(p, hk, row);
     for (int c = blockIdx.x; c < n_cut; c += gridDim.x) {
       const int4 cut = *reinterpret_cast<const int4*>(p.plan.split_reqs + 4 * c);
       const int req = cut.x, n = min(cut.y, kMaxPieces);
@@ -471,7 +469,7 @@ __global__ void __launch_bounds__(kCombineWideThreads) combine_wide_kernel(Dense
         for (int k = 0; k < kCombineWideBatch; ++k)
           add_weighted(acc, kb + k < n ? s_w[kb + k] : 0.0f, v[k]);
       }
-      store_merged(p, req, s, h, 4 * t, acc, inv, lse, t == 0);
+      store_merged(p, req, qr, 4 * t, acc, inv, lse, t == 0);
       __syncthreads();  // s_w and s_red are rewritten for the next cut request
     }
   }
