@@ -1,5 +1,6 @@
-// openmla-bench device-side fill: normally distributed bf16 values from a counter-based hash, so
-// multi-GiB caches are filled in milliseconds without curand or host copies.
+// openmla-bench device-side helpers: the fill (normally distributed bf16 values from a
+// counter-based hash, so multi-GiB caches are filled in milliseconds without curand or host
+// copies), the DeviceBuffer, and the SM clock probe.
 #include <cuda_bf16.h>
 
 #include "gpu.h"
