@@ -439,6 +439,9 @@ Result run_config(const Config& c, const Options& opt, const DeviceInfo& dev, cu
   const double l2 = double(dev.l2_bytes > 0 ? dev.l2_bytes : (60ll << 20));
   if (r.work.bytes < 2 * l2) n_sets = int(std::ceil(4 * l2 / std::max(r.work.bytes, 1.0)));
   n_sets = std::clamp(n_sets, 1, kMaxSets);
+  // Development: OPENMLA_BENCH_SETS=N overrides the rotation (e.g. 1: inputs stay in L2/TLBs).
+  if (const char* e = std::getenv("OPENMLA_BENCH_SETS"))
+    n_sets = std::clamp(std::atoi(e), 1, kMaxSets);
   while (n_sets > 1 && double(n_sets) * per_set > 0.6 * double(free_b)) --n_sets;
   if (double(per_set) > 0.9 * double(free_b)) {
     r.status = "error";

@@ -45,6 +45,11 @@ struct DenseDecodeKernelParams {
   float scale, scale_log2;
   int causal;
   int fp16;  // q/k_cache/out are fp16 (else bf16)
+  // The main kernel loads its Q tiles through the q tensor map (one copy-engine request per
+  // 64-dim chunk) when a tile of 64 query rows is one TMA box: group % 64 == 0 (64 heads of one
+  // query position) or 64 % group == 0 (all heads of 64 / group positions; past s_q the copy
+  // engine fills zeros). Else (e.g. group 3, 9, 63, 126) 16-byte cp.async copies.
+  int q_tma;
   PlanBuffers plan;
 };
 

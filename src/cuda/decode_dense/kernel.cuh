@@ -45,7 +45,9 @@ namespace openmla::sm90::dense_decode_detail {
   long long prof_pairs = 0;                  \
   long long prof_t = clock64();              \
   const long long prof_t0 = prof_t;          \
-  const unsigned long long prof_start_ns = global_ns()
+  __shared__ unsigned long long prof_ns[kProfStamps]; \
+  if (tid == 0)                                       \
+    for (int k_ = 0; k_ < kProfStamps; ++k_) prof_ns[k_] = k_ == 0 ? global_ns() : 0
 #define OPENMLA_PROF_MARK(k)                 \
   do {                                       \
     const long long t_ = clock64();          \
@@ -53,11 +55,19 @@ namespace openmla::sm90::dense_decode_detail {
     prof_t = t_;                             \
   } while (0)
 #define OPENMLA_PROF_PAIR() ++prof_pairs
+// globaltimer stamps of thread 0 (first segment / last segment): 1 segment start, 2 Q copies
+// issued, 3 first K loads issued, 4 Q tile in, 5 first S done, 6 last pair done, 7 row sums
+// exchanged, 8 end.
+constexpr int kProfStamps = 9;
+#define OPENMLA_PROF_STAMP_FIRST(i) \
+  if (tid == 0 && prof_ns[i] == 0) prof_ns[i] = global_ns()
+#define OPENMLA_PROF_STAMP(i) \
+  if (tid == 0) prof_ns[i] = global_ns()
 // (printf inside the kernel would make ptxas serialize its wgmma: the counters go to a global
 // array, printed by dense_decode_prof_print launched right after the kernel.)
 __device__ long long g_decode_prof[2][10];
 // Start and end (globaltimer, ns) of every CTA of the launch, for the spread of finish times.
-__device__ unsigned long long g_decode_cta_ns[4096][2];
+__device__ unsigned long long g_decode_cta_ns[4096][kProfStamps];
 __device__ int g_decode_ctas;
 __device__ __forceinline__ unsigned long long global_ns() {
   unsigned long long t;
@@ -68,8 +78,8 @@ __device__ __forceinline__ unsigned long long global_ns() {
   if (tid == 0) {                                                                       \
     const int slot_ = atomicAdd(&g_decode_ctas, 1);                                     \
     if (slot_ < 4096) {                                                                 \
-      g_decode_cta_ns[slot_][0] = prof_start_ns;                                        \
-      g_decode_cta_ns[slot_][1] = global_ns();                                          \
+      prof_ns[kProfStamps - 1] = global_ns();                                           \
+      for (int k_ = 0; k_ < kProfStamps; ++k_) g_decode_cta_ns[slot_][k_] = prof_ns[k_]; \
     }                                                                                   \
   }                                                                                     \
   if (wl == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) {               \
@@ -84,7 +94,7 @@ __global__ void dense_decode_prof_print() {
   for (int i = 0; i < n; ++i) t0 = min(t0, g_decode_cta_ns[i][0]);
   for (int i = 0; i < n; ++i) {
     s_max = max(s_max, g_decode_cta_ns[i][0] - t0);
-    const unsigned long long e = g_decode_cta_ns[i][1] - t0;
+    const unsigned long long e = g_decode_cta_ns[i][kProfStamps - 1] - t0;
     e_min = min(e_min, e);
     e_max = max(e_max, e);
     e_sum += double(e);
@@ -92,6 +102,26 @@ __global__ void dense_decode_prof_print() {
   if (n > 0)
     printf("decode-prof ctas %d: last start %.1f us, end min %.1f mean %.1f max %.1f us\n", n,
            s_max * 1e-3, e_min * 1e-3, e_sum / n * 1e-3, e_max * 1e-3);
+  // Phases of CTAs that had work (every stamp set), see kProfStamps.
+  double ph_sum[kProfStamps - 1] = {}, ph_max[kProfStamps - 1] = {};
+  int nw = 0;
+  for (int i = 0; i < n; ++i) {
+    const unsigned long long* t = g_decode_cta_ns[i];
+    bool all = true;
+    for (int k = 1; k < kProfStamps; ++k) all = all && t[k] != 0;
+    if (!all) continue;
+    ++nw;
+    for (int k = 0; k + 1 < kProfStamps; ++k) {
+      const double d = (double(t[k + 1]) - double(t[k])) * 1e-3;
+      ph_sum[k] += d;
+      ph_max[k] = fmax(ph_max[k], d);
+    }
+  }
+  if (nw > 0) {
+    printf("decode-prof phases (%d CTAs) mean/max us:", nw);
+    for (int k = 0; k + 1 < kProfStamps; ++k) printf(" %.2f/%.2f", ph_sum[k] / nw, ph_max[k]);
+    printf("\n");
+  }
   g_decode_ctas = 0;
   for (int w = 0; w < 2; ++w) {
     const long long* a = g_decode_prof[w];
@@ -105,6 +135,8 @@ __global__ void dense_decode_prof_print() {
 #define OPENMLA_PROF_INIT
 #define OPENMLA_PROF_MARK(k)
 #define OPENMLA_PROF_PAIR()
+#define OPENMLA_PROF_STAMP_FIRST(i)
+#define OPENMLA_PROF_STAMP(i)
 #define OPENMLA_PROF_PRINT()
 #define OPENMLA_PROF_WAIT_BEGIN
 #define OPENMLA_PROF_WAIT_END
@@ -133,8 +165,8 @@ struct Smem {
   static constexpr int kM0 = kRed;           // float [2][64] (by pair parity)
   static constexpr int kM1 = kRed + 512;     // float [2][64]
   static constexpr int kSum = kRed + 1024;   // float [2][64]
-  static constexpr int kBars = kRed + 1536;  // uint64 full[2][9]
-  static constexpr int kBytes = kBars + 18 * 8;
+  static constexpr int kBars = kRed + 1536;  // uint64 full[2][9], then the Q tile's barrier
+  static constexpr int kBytes = kBars + 19 * 8;
   static constexpr int kAlloc = kBytes + 1024;  // + alignment slack for the 1024-B atoms
   static_assert(kAlloc <= 227 * 1024, "shared memory budget");
   __host__ __device__ static constexpr int p_tile(int stage) {
@@ -434,7 +466,8 @@ __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
 
 template <int kChunks, bool kFp16>
 __global__ void __launch_bounds__(kThreads, 1)
-    dense_decode_kernel(const __grid_constant__ CUtensorMap kmap, const DenseDecodeKernelParams p) {
+    dense_decode_kernel(const __grid_constant__ CUtensorMap kmap,
+                        const __grid_constant__ CUtensorMap qmap, const DenseDecodeKernelParams p) {
   using Elem = std::conditional_t<kFp16, __half, __nv_bfloat16>;
   using L = Smem<kChunks>;
   extern __shared__ uint8_t smem_raw[];
@@ -443,6 +476,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // showed among the top stalls.
   uint8_t* smem = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBars);  // [2][9]
+  uint64_t* q_full = full + 18;  // the Q tile (TMA path)
   float* s_m0 = reinterpret_cast<float*>(smem + L::kM0);
   float* s_m1 = reinterpret_cast<float*>(smem + L::kM1);
   float* s_sum = reinterpret_cast<float*>(smem + L::kSum);
@@ -455,7 +489,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (tid == 0) {
     tma_prefetch_desc(&kmap);
-    for (int i = 0; i < 18; ++i) mbar_init(&full[i], 1);
+    if (p.q_tma) tma_prefetch_desc(&qmap);
+    for (int i = 0; i < 19; ++i) mbar_init(&full[i], 1);
     mbar_fence_init();
   }
   __syncthreads();
@@ -463,6 +498,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Each block is read by the m_blocks CTAs of its request at about the same time, then never
   // again: let L2 evict it first.
   const uint64_t policy = l2_policy_evict_first();
+  const uint64_t policy_q = l2_policy_evict_last();  // Q tiles: read by every part of a request
   Rows rw;
   rw.r0 = (wl / 32) * 16 + lane / 4;
   rw.cq = 2 * (lane % 4);
@@ -532,16 +568,30 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
 
   int fills0 = 0, fills1 = 0;  // completed fills of each stage (full-barrier parities)
+  uint32_t q_par = 0;          // the Q barrier's parity (TMA path)
   for_each_segment(p, part, [&](const Segment& seg) {
     const Segment s = uniform_segment(seg);
+    OPENMLA_PROF_STAMP_FIRST(1);
     // The block-table entry of this warpgroup's first block is requested before the Q copies
     // are issued and used after them, so the two latencies overlap.
     const bool has_first = s.blk_lo + wg < s.blk_hi;
     const int first_page = box_page(p, s, has_first ? s.blk_lo + wg : s.blk_lo, wl);
     // ---- Q tile: rows (s, g) of this KV head, zero-padded to 64, into swizzled chunks ----
     {
-      copy_q_tile<Elem, kChunks>(p, s.req, hk, m_block * 64, 64, smem + L::kQ, kChunkBytes, tid,
-                                 kThreads);
+      if (p.q_tma) {
+        // One copy-engine request per 64-dim chunk (p.q_tma): rows m_block * 64 .. + 64 are
+        // heads hk * group + r0 % group .. of query position r0 / group onwards.
+        const int r0 = m_block * 64;
+        mbar_arrive_expect_tx_pred(q_full, kChunks * kChunkBytes, tid == 0);
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c)
+          tma_load_4d_pred(smem + L::kQ + c * kChunkBytes, &qmap, q_full, c * 64,
+                           hk * p.group + r0 % p.group, r0 / p.group, s.req, policy_q, tid == 0);
+      } else {
+        copy_q_tile<Elem, kChunks>(p, s.req, hk, m_block * 64, 64, smem + L::kQ, kChunkBytes, tid,
+                                   kThreads);
+      }
+      OPENMLA_PROF_STAMP_FIRST(2);
       // First pair of this segment: both stages are free (end-of-segment barrier below).
       if (has_first) {
         if (wg == 0)
@@ -549,9 +599,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         else
           load(1, s, s.blk_lo + 1, first_page, 0, kChunks);
       }
-      cp_async_wait_all();
-      fence_proxy_async();
+      OPENMLA_PROF_STAMP_FIRST(3);
+      if (p.q_tma) {
+        mbar_wait(q_full, q_par);
+        q_par ^= 1;
+      } else {
+        cp_async_wait_all();
+        fence_proxy_async();
+      }
       __syncthreads();
+      OPENMLA_PROF_STAMP_FIRST(4);
     }
 
     // Per-row token limits (exclusive) for rows r0 and r0 + 8.
@@ -586,6 +643,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         OPENMLA_PROF_PAIR();
         // Later pairs' S0 was issued behind the previous pair's P V (end of this branch).
         if (blk == s.blk_lo) compute_s(sc, 0, par0);
+        OPENMLA_PROF_STAMP_FIRST(5);
         OPENMLA_PROF_MARK(0);
         mask_rowmax(sc, rw, tok0, limit, mx);
 #pragma unroll
@@ -734,6 +792,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       ++fills0;
       if (has1) ++fills1;
     }
+    OPENMLA_PROF_STAMP(6);
     // ---- epilogue: total row sums across both warpgroups, normalize, store ----
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -745,6 +804,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       s_sum[wg * 64 + rw.r0 + 8] = l[1];
     }
     __syncthreads();
+    OPENMLA_PROF_STAMP(7);
     const int nsplit = p.plan.num_splits[s.req];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {

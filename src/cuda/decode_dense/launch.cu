@@ -1,7 +1,9 @@
 // Dense decode launcher: CUDA-specific checks, TMA map of the paged cache, kernel + combine.
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <numeric>
+#include <string>
 
 #include "backend.h"
 #include "cuda/common/cuda_check.h"
@@ -44,36 +46,36 @@ void allow_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& configured) {
 }
 
 template <int kChunks, bool kFp16>
-void launch(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 grid,
-            cudaStream_t stream) {
+void launch(const CUtensorMap& map, const CUtensorMap& qmap, const DenseDecodeKernelParams& kp,
+            dim3 grid, cudaStream_t stream) {
   auto kernel = dense_decode_kernel<kChunks, kFp16>;
   static std::atomic<uint64_t> configured{0};  // per instantiation: a bit per device
   allow_smem(kernel, Smem<kChunks>::kAlloc, configured);
-  launch_pdl(false, kernel, grid, dim3(kThreads), Smem<kChunks>::kAlloc, stream, map, kp);
+  launch_pdl(false, kernel, grid, dim3(kThreads), Smem<kChunks>::kAlloc, stream, map, qmap, kp);
 #if defined(OPENMLA_DECODE_PROFILE)
   dense_decode_prof_print<<<1, 1, 0, stream>>>();
 #endif
 }
 
 template <int kChunks, bool kFp16, int kN>
-void launch_narrow(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 grid,
-                   cudaStream_t stream) {
+void launch_narrow(const CUtensorMap& map, const CUtensorMap& qmap,
+                   const DenseDecodeKernelParams& kp, dim3 grid, cudaStream_t stream) {
   auto kernel = narrow_decode_kernel<kChunks, kFp16, kN>;
   using L = NarrowSmem<kChunks, kN>;
   static std::atomic<uint64_t> configured{0};  // per instantiation: a bit per device
   allow_smem(kernel, L::kAlloc, configured);
-  launch_pdl(false, kernel, grid, dim3(kNarrowThreads), L::kAlloc, stream, map, kp);
+  launch_pdl(false, kernel, grid, dim3(kNarrowThreads), L::kAlloc, stream, map, qmap, kp);
 }
 
 template <int kChunks, bool kFp16>
-void launch_any(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 grid,
-                bool narrow, cudaStream_t stream) {
+void launch_any(const CUtensorMap& map, const CUtensorMap& qmap, const DenseDecodeKernelParams& kp,
+                dim3 grid, bool narrow, cudaStream_t stream) {
   if (!narrow)
-    launch<kChunks, kFp16>(map, kp, grid, stream);
+    launch<kChunks, kFp16>(map, qmap, kp, grid, stream);
   else if (kp.rows <= 16)
-    launch_narrow<kChunks, kFp16, 16>(map, kp, grid, stream);
+    launch_narrow<kChunks, kFp16, 16>(map, qmap, kp, grid, stream);
   else
-    launch_narrow<kChunks, kFp16, 32>(map, kp, grid, stream);
+    launch_narrow<kChunks, kFp16, 32>(map, qmap, kp, grid, stream);
 }
 
 // Development switch for A/B measurements: OPENMLA_DECODE_NO_NARROW=1 sends every shape to the
@@ -81,6 +83,48 @@ void launch_any(const CUtensorMap& map, const DenseDecodeKernelParams& kp, dim3 
 bool narrow_disabled() {
   static const bool v = env_flag("OPENMLA_DECODE_NO_NARROW");
   return v;
+}
+
+// Development switch: OPENMLA_DECODE_NO_Q_TMA=1 loads every Q tile with cp.async.
+bool q_tma_disabled() {
+  static const bool v = env_flag("OPENMLA_DECODE_NO_Q_TMA");
+  return v;
+}
+
+// The kernels' Q tiles (`tile` query rows x d_qk: 64 in the main kernel, 16 or 32 in the
+// narrow one) as boxes of a 4-D map [b, s_q, h_q, d_qk] (see DenseDecodeKernelParams::q_tma):
+// box {64 dims, heads, positions, 1}. False when a tile is not one box or the copy engine
+// cannot describe q (then the kernels use cp.async).
+bool make_q_map(const DenseDecodeParams& p, int64_t group, int tile, bool fp16, CUtensorMap& map) {
+  const int64_t b = p.q.shape[0], s_q = p.q.shape[1], h_q = p.q.shape[2], d_qk = p.q.shape[3];
+  uint32_t box_h = 0, box_s = 0;
+  if (group % tile == 0) {
+    box_h = static_cast<uint32_t>(tile);
+    box_s = 1;
+  } else if (tile % group == 0) {
+    box_h = static_cast<uint32_t>(group);
+    box_s = static_cast<uint32_t>(tile / group);
+  } else {
+    return false;
+  }
+  // Strides of size-1 dimensions do not matter: give the encoder valid ones.
+  const int64_t es = 2;
+  const int64_t sh = h_q > 1 ? p.q.strides[2] : d_qk;
+  const int64_t ss = s_q > 1 ? p.q.strides[1] : sh * h_q;
+  const int64_t sb = b > 1 ? p.q.strides[0] : ss * s_q;
+  if (sh <= 0 || ss <= 0 || sb <= 0) return false;
+  const uint64_t dims[4] = {static_cast<uint64_t>(d_qk), static_cast<uint64_t>(h_q),
+                            static_cast<uint64_t>(s_q), static_cast<uint64_t>(b)};
+  const uint64_t strides[3] = {static_cast<uint64_t>(sh * es), static_cast<uint64_t>(ss * es),
+                               static_cast<uint64_t>(sb * es)};
+  const uint32_t box[4] = {64, box_h, box_s, 1};
+  const auto dtype = fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  try {
+    map = make_tensor_map_4d("q", p.q.data, dtype, dims, strides, box);
+  } catch (const Error&) {
+    return false;  // e.g. overlapping strides the encoder rejects: cp.async takes the tile
+  }
+  return true;
 }
 
 }  // namespace
@@ -153,17 +197,35 @@ void dense_decode(const DenseDecodeParams& p) {
   const dim3 grid(st.m_blocks, static_cast<unsigned>(h_kv), st.buf.num_parts);
   // Few query rows per KV head: the transposed, ring-buffered kernel.
   const bool narrow = st.rows <= 32 && !narrow_disabled();
+  CUtensorMap qmap = map;  // (unused unless kp.q_tma)
+  const int tile = !narrow ? 64 : st.rows <= 16 ? 16 : 32;
+  kp.q_tma = !q_tma_disabled() && make_q_map(p, kp.group, tile, fp16, qmap) ? 1 : 0;
+#if defined(OPENMLA_DECODE_PROFILE)
+  // Profile builds: OPENMLA_PROF_SKIP=attention|combine leaves that kernel out (wrong results;
+  // for timing the other one alone).
+  static const std::string prof_skip = [] {
+    const char* v = std::getenv("OPENMLA_PROF_SKIP");
+    return std::string(v != nullptr ? v : "");
+  }();
+  if (prof_skip == "attention") {
+    launch_combine(kp, stream);
+    return;
+  }
+#endif
   if (d_qk == 576) {
     if (fp16)
-      launch_any<9, true>(map, kp, grid, narrow, stream);
+      launch_any<9, true>(map, qmap, kp, grid, narrow, stream);
     else
-      launch_any<9, false>(map, kp, grid, narrow, stream);
+      launch_any<9, false>(map, qmap, kp, grid, narrow, stream);
   } else {
     if (fp16)
-      launch_any<8, true>(map, kp, grid, narrow, stream);
+      launch_any<8, true>(map, qmap, kp, grid, narrow, stream);
     else
-      launch_any<8, false>(map, kp, grid, narrow, stream);
+      launch_any<8, false>(map, qmap, kp, grid, narrow, stream);
   }
+#if defined(OPENMLA_DECODE_PROFILE)
+  if (prof_skip == "combine") return;
+#endif
   launch_combine(kp, stream);
 }
 

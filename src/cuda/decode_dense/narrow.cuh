@@ -37,9 +37,10 @@ struct NarrowSmem {
   static constexpr int kSum = kRed + 2 * 4 * kN * 4;  // float [4][kN]: row sums (epilogue)
   static constexpr int kRing = align_up(kSum + 4 * kN * 4, 1024);
   static constexpr int kBudget = 227 * 1024 - 1024;  // minus the alignment slack
-  static constexpr int kSlots = (kBudget - kRing) / (kChunkBytes + 16);
-  static constexpr int kBars = kRing + kSlots * kChunkBytes;  // uint64 full[kSlots], empty[kSlots]
-  static constexpr int kBytes = kBars + 2 * kSlots * 8;
+  static constexpr int kSlots = (kBudget - 8 - kRing) / (kChunkBytes + 16);
+  // uint64 full[kSlots], empty[kSlots], then the Q tile's barrier (TMA path)
+  static constexpr int kBars = kRing + kSlots * kChunkBytes;
+  static constexpr int kBytes = kBars + 2 * kSlots * 8 + 8;
   static constexpr int kAlloc = kBytes + 1024;
   static_assert(kAlloc <= 227 * 1024, "shared memory budget");
   static_assert(kSlots >= 2 * kChunks, "the ring must hold two blocks");
@@ -77,7 +78,7 @@ __device__ __forceinline__ void mma_ot(float (&d)[kN / 2], uint64_t a, uint64_t 
 template <int kChunks, bool kFp16, int kN>
 __global__ void __launch_bounds__(kNarrowThreads, 1)
     narrow_decode_kernel(const __grid_constant__ CUtensorMap kmap,
-                         const DenseDecodeKernelParams p) {
+                         const __grid_constant__ CUtensorMap qmap, const DenseDecodeKernelParams p) {
   using Elem = std::conditional_t<kFp16, __half, __nv_bfloat16>;
   using L = NarrowSmem<kChunks, kN>;
   constexpr int kCols = kN / 4;        // query rows (S^T columns) held per thread
@@ -87,15 +88,18 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
   uint8_t* smem = smem_raw + ((1024u - (smem_addr(smem_raw) & 1023u)) & 1023u);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBars);
   uint64_t* empty = full + L::kSlots;
+  uint64_t* q_full = empty + L::kSlots;
   const int hk = blockIdx.y, part = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int wg = __shfl_sync(0xffffffff, warp / 4, 0);
   if (tid == 0) {
     tma_prefetch_desc(&kmap);
+    if (p.q_tma) tma_prefetch_desc(&qmap);
     for (int i = 0; i < L::kSlots; ++i) {
       mbar_init(&full[i], 1);
       mbar_init(&empty[i], 1);
     }
+    mbar_init(q_full, 1);
     mbar_fence_init();
   }
   __syncthreads();
@@ -201,13 +205,27 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
   };
 
   uint32_t count = 0;  // chunks consumed so far (the producer's sequence)
+  uint32_t q_par = 0;  // the Q barrier's parity (TMA path)
+  const uint64_t policy_q = l2_policy_evict_last();
   for_each_segment(p, part, [&](const Segment& seg) {
     const Segment s = uniform_segment(seg);
     // ---- Q tile: the kN query rows of this KV head (zero rows past p.rows) ----
     {
-      copy_q_tile<Elem, kChunks>(p, s.req, hk, 0, kN, smem + L::kQ, L::kQChunk, wl, 128);
-      cp_async_wait_all();
-      fence_proxy_async();
+      if (p.q_tma) {
+        // One box per 64-dim chunk: all heads of this KV head's group at kN / group positions
+        // (the copy engine zero-fills positions past s_q).
+        mbar_arrive_expect_tx_pred(q_full, kChunks * L::kQChunk, wl == 0);
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c)
+          tma_load_4d_pred(smem + L::kQ + c * L::kQChunk, &qmap, q_full, c * 64, hk * p.group, 0,
+                           s.req, policy_q, wl == 0);
+        mbar_wait(q_full, q_par);
+        q_par ^= 1;
+      } else {
+        copy_q_tile<Elem, kChunks>(p, s.req, hk, 0, kN, smem + L::kQ, L::kQChunk, wl, 128);
+        cp_async_wait_all();
+        fence_proxy_async();
+      }
       named_barrier(kNarrowBar, 128);
     }
     // Token limit (exclusive) of each query-row column this thread holds.
