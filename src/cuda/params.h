@@ -50,6 +50,9 @@ struct DenseDecodeKernelParams {
   // query position) or 64 % group == 0 (all heads of 64 / group positions; past s_q the copy
   // engine fills zeros). Else (e.g. group 3, 9, 63, 126) 16-byte cp.async copies.
   int q_tma;
+  // The main kernel stores its out tiles through an out tensor map under the same condition
+  // (o_tma), and its partial-result tiles through a map over the plan's o_accum (a_tma).
+  int o_tma, a_tma;
   PlanBuffers plan;
 };
 

@@ -65,6 +65,27 @@ __device__ __forceinline__ void tma_load_4d_pred(void* dst, const CUtensorMap* m
       "l"(policy), "r"(static_cast<int>(pred))
       : "memory");
 }
+// Tile stores shared -> global (bulk groups; boxes past the tensor's bounds are clipped), with
+// an L2 cache policy. commit / wait: the issuing thread's groups; wait_read only until the copy
+// engine has read shared memory (it may then be rewritten, or the CTA exit: the grid's
+// completion includes the writes).
+__device__ __forceinline__ void tma_store_4d_pred(const CUtensorMap* map, const void* src, int c0,
+                                                  int c1, int c2, int c3, uint64_t policy,
+                                                  bool pred) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %7, 0;\n"
+      "@p cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group.L2::cache_hint"
+      " [%0, {%2, %3, %4, %5}], [%1], %6;\n}" ::"l"(reinterpret_cast<uint64_t>(map)),
+      "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "l"(policy),
+      "r"(static_cast<int>(pred))
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+}
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+}
 __device__ __forceinline__ void mbar_arrive_expect_tx_pred(uint64_t* bar, uint32_t bytes,
                                                            bool pred) {
   asm volatile(

@@ -57,8 +57,9 @@ namespace openmla::sm90::dense_decode_detail {
 #define OPENMLA_PROF_PAIR() ++prof_pairs
 // globaltimer stamps of thread 0 (first segment / last segment): 1 segment start, 2 Q copies
 // issued, 3 first K loads issued, 4 Q tile in, 5 first S done, 6 last pair done, 7 row sums
-// exchanged, 8 end.
-constexpr int kProfStamps = 9;
+// exchanged, 8 end; 9 / 10 first segment's stores begin / end.
+constexpr int kProfStamps = 11;
+constexpr int kProfEnd = 8;
 #define OPENMLA_PROF_STAMP_FIRST(i) \
   if (tid == 0 && prof_ns[i] == 0) prof_ns[i] = global_ns()
 #define OPENMLA_PROF_STAMP(i) \
@@ -78,7 +79,7 @@ __device__ __forceinline__ unsigned long long global_ns() {
   if (tid == 0) {                                                                       \
     const int slot_ = atomicAdd(&g_decode_ctas, 1);                                     \
     if (slot_ < 4096) {                                                                 \
-      prof_ns[kProfStamps - 1] = global_ns();                                           \
+      prof_ns[kProfEnd] = global_ns();                                                  \
       for (int k_ = 0; k_ < kProfStamps; ++k_) g_decode_cta_ns[slot_][k_] = prof_ns[k_]; \
     }                                                                                   \
   }                                                                                     \
@@ -94,7 +95,7 @@ __global__ void dense_decode_prof_print() {
   for (int i = 0; i < n; ++i) t0 = min(t0, g_decode_cta_ns[i][0]);
   for (int i = 0; i < n; ++i) {
     s_max = max(s_max, g_decode_cta_ns[i][0] - t0);
-    const unsigned long long e = g_decode_cta_ns[i][kProfStamps - 1] - t0;
+    const unsigned long long e = g_decode_cta_ns[i][kProfEnd] - t0;
     e_min = min(e_min, e);
     e_max = max(e_max, e);
     e_sum += double(e);
@@ -102,25 +103,32 @@ __global__ void dense_decode_prof_print() {
   if (n > 0)
     printf("decode-prof ctas %d: last start %.1f us, end min %.1f mean %.1f max %.1f us\n", n,
            s_max * 1e-3, e_min * 1e-3, e_sum / n * 1e-3, e_max * 1e-3);
-  // Phases of CTAs that had work (every stamp set), see kProfStamps.
-  double ph_sum[kProfStamps - 1] = {}, ph_max[kProfStamps - 1] = {};
-  int nw = 0;
+  // Phases of CTAs that had work (every stamp set), see kProfStamps; and the first segment's
+  // stores in CTAs with more than one segment (they end before the last pair).
+  double ph_sum[kProfEnd] = {}, ph_max[kProfEnd] = {}, st_sum = 0, st_max = 0;
+  int nw = 0, ns = 0;
   for (int i = 0; i < n; ++i) {
     const unsigned long long* t = g_decode_cta_ns[i];
     bool all = true;
     for (int k = 1; k < kProfStamps; ++k) all = all && t[k] != 0;
     if (!all) continue;
     ++nw;
-    for (int k = 0; k + 1 < kProfStamps; ++k) {
+    for (int k = 0; k < kProfEnd; ++k) {
       const double d = (double(t[k + 1]) - double(t[k])) * 1e-3;
       ph_sum[k] += d;
       ph_max[k] = fmax(ph_max[k], d);
     }
+    if (t[10] < t[6]) {
+      ++ns;
+      const double d = (double(t[10]) - double(t[9])) * 1e-3;
+      st_sum += d;
+      st_max = fmax(st_max, d);
+    }
   }
   if (nw > 0) {
     printf("decode-prof phases (%d CTAs) mean/max us:", nw);
-    for (int k = 0; k + 1 < kProfStamps; ++k) printf(" %.2f/%.2f", ph_sum[k] / nw, ph_max[k]);
-    printf("\n");
+    for (int k = 0; k < kProfEnd; ++k) printf(" %.2f/%.2f", ph_sum[k] / nw, ph_max[k]);
+    printf(" first-stores (%d) %.2f/%.2f\n", ns, ns ? st_sum / ns : 0.0, st_max);
   }
   g_decode_ctas = 0;
   for (int w = 0; w < 2; ++w) {
@@ -182,6 +190,7 @@ __device__ __forceinline__ int chunk_at(int stage, int i) {
 
 struct Segment {
   int req, blk_lo, blk_hi, split, len;
+  bool last;  // the part's last segment
 };
 
 // Walks the segments (one per request touched) of schedule part `part`.
@@ -199,6 +208,7 @@ __device__ __forceinline__ void for_each_segment(const DenseDecodeKernelParams& 
     s.blk_lo = req == begin_req ? m[kBeginBlk] : 0;
     s.blk_hi = req == last_req ? min(m[kLastBlkEnd], nblk) : nblk;
     s.split = req == begin_req ? m[kBeginSplit] : 0;
+    s.last = req == last_req || req + 1 >= p.batch;
     f(s);
   }
 }
@@ -212,6 +222,7 @@ __device__ __forceinline__ Segment uniform_segment(const Segment& seg) {
   s.blk_lo = __shfl_sync(0xffffffff, seg.blk_lo, 0);
   s.blk_hi = __shfl_sync(0xffffffff, seg.blk_hi, 0);
   s.split = __shfl_sync(0xffffffff, seg.split, 0);
+  s.last = __shfl_sync(0xffffffff, seg.last ? 1 : 0, 0) != 0;
   return s;
 }
 
@@ -467,7 +478,9 @@ __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
 template <int kChunks, bool kFp16>
 __global__ void __launch_bounds__(kThreads, 1)
     dense_decode_kernel(const __grid_constant__ CUtensorMap kmap,
-                        const __grid_constant__ CUtensorMap qmap, const DenseDecodeKernelParams p) {
+                        const __grid_constant__ CUtensorMap qmap,
+                        const __grid_constant__ CUtensorMap omap,
+                        const __grid_constant__ CUtensorMap amap, const DenseDecodeKernelParams p) {
   using Elem = std::conditional_t<kFp16, __half, __nv_bfloat16>;
   using L = Smem<kChunks>;
   extern __shared__ uint8_t smem_raw[];
@@ -805,7 +818,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();
     OPENMLA_PROF_STAMP(7);
+    OPENMLA_PROF_STAMP_FIRST(9);
     const int nsplit = p.plan.num_splits[s.req];
+    // Tiles of segments that another segment follows go through the copy engine (p.o_tma /
+    // p.a_tma): staged in the K stages (free here: every wgmma is done and the last pair issued
+    // no refills) as 128B-swizzled boxes of 64 rows, the out tile as 8 boxes of 64 bf16/fp16,
+    // the partial tile as 16 boxes of 32 fp32. The next segment's loads then do not queue behind
+    // 64-128 KB of thread stores (b=128 h_q=128 s_q=2 s_k=4096: -2 %); the part's last segment
+    // stores from registers (staging would only lengthen the kernel's end: b=8 +1.3 us).
+    const bool direct = nsplit <= 1;
+    const bool via_tma = !s.last && (direct ? p.o_tma != 0 : p.a_tma != 0);
+    uint8_t* tile = smem + L::kK;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int r = rw.r0 + 8 * i, rg = m_block * 64 + r;
@@ -813,30 +836,77 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool empty_row = lt == 0.0f;
       const float inv = empty_row ? 0.0f : 1.0f / lt;
       const float lse = empty_row ? INFINITY : m[i] * p.scale + logf(lt);
+      if (via_tma) {
+        // (rows past p.rows are written to shared memory too; the copy engine clips them)
+        const uint32_t sw = static_cast<uint32_t>(r & 7);
+        if (direct) {
+#pragma unroll
+          for (int j = 0; j < 32; ++j) {
+            const int box = wg * 4 + j / 8;
+            *reinterpret_cast<uint32_t*>(tile + box * kChunkBytes + r * 128 +
+                                         (((j % 8) ^ sw) << 4) + 2 * rw.cq) =
+                pack2<Elem>(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < 32; ++j) {
+            const int box = wg * 8 + j / 4;
+            const uint32_t unit = 2 * (j % 4) + rw.cq / 4;
+            *reinterpret_cast<float2*>(tile + box * kChunkBytes + r * 128 + ((unit ^ sw) << 4) +
+                                       4 * (rw.cq % 4)) =
+                make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+          }
+        }
+      }
       if (rg >= p.rows) continue;
       const QueryRow qr = query_row(p, hk, rg);
-      if (nsplit <= 1) {
-        Elem* out = out_row<Elem>(p, s.req, qr) + wg * 256 + rw.cq;
+      if (direct) {
+        if (!via_tma) {
+          Elem* out = out_row<Elem>(p, s.req, qr) + wg * 256 + rw.cq;
 #pragma unroll
-        for (int j = 0; j < 32; ++j)
-          *reinterpret_cast<uint32_t*>(out + 8 * j) =
-              pack2<Elem>(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+          for (int j = 0; j < 32; ++j)
+            *reinterpret_cast<uint32_t*>(out + 8 * j) =
+                pack2<Elem>(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+        }
         if (wg == 0 && lane % 4 == 0) *lse_at(p, s.req, qr) = lse;
       } else {
         // Partial results: L2 evict-last (read by the combine right after; see ptx.cuh).
         const uint64_t keep = l2_policy_evict_last();
         const int64_t slot = accum_slot(p, s, hk, rg);
-        float* acc = p.plan.o_accum + slot * 512 + wg * 256 + rw.cq;
+        if (!via_tma) {
+          float* acc = p.plan.o_accum + slot * 512 + wg * 256 + rw.cq;
 #pragma unroll
-        for (int j = 0; j < 32; ++j)
-          st_global_hint(acc + 8 * j, o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv, keep);
+          for (int j = 0; j < 32; ++j)
+            st_global_hint(acc + 8 * j, o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv, keep);
+        }
         if (wg == 0 && lane % 4 == 0)
           st_global_hint(p.plan.lse_accum + slot, empty_row ? -INFINITY : lse, keep);
       }
     }
+    if (via_tma) {
+      fence_proxy_async();
+      __syncthreads();
+      const uint64_t keep = l2_policy_evict_last();
+      const int r0 = m_block * 64;
+      if (direct) {
+#pragma unroll
+        for (int c = 0; c < 8; ++c)
+          tma_store_4d_pred(&omap, tile + c * kChunkBytes, c * 64, hk * p.group + r0 % p.group,
+                            r0 / p.group, s.req, keep, tid == 0);
+      } else {
+        const int piece = (p.plan.accum_offset[s.req] + s.split) * p.h_kv + hk;
+#pragma unroll
+        for (int c = 0; c < 16; ++c)
+          tma_store_4d_pred(&amap, tile + c * kChunkBytes, c * 32, r0, piece, 0, keep, tid == 0);
+      }
+      // (every thread commits and waits: only thread 0's groups are non-empty)
+      bulk_commit();
+      bulk_wait_read();  // the stages may be refilled once the engine has read them
+    }
     // s_sum is rewritten by the next segment's epilogue only after its own barriers; the Q tile
     // is rewritten only after this barrier, when both warpgroups are done with all wgmma.
     __syncthreads();
+    OPENMLA_PROF_STAMP_FIRST(10);
   });
   // The combine kernel (PDL) may be scheduled from here on; it waits for this grid to finish.
   grid_launch_dependents();

@@ -45,37 +45,41 @@ void allow_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& configured) {
   configured.fetch_or(bit, std::memory_order_release);
 }
 
+struct Maps {
+  CUtensorMap k, q, out, accum;
+};
+
 template <int kChunks, bool kFp16>
-void launch(const CUtensorMap& map, const CUtensorMap& qmap, const DenseDecodeKernelParams& kp,
-            dim3 grid, cudaStream_t stream) {
+void launch(const Maps& m, const DenseDecodeKernelParams& kp, dim3 grid, cudaStream_t stream) {
   auto kernel = dense_decode_kernel<kChunks, kFp16>;
   static std::atomic<uint64_t> configured{0};  // per instantiation: a bit per device
   allow_smem(kernel, Smem<kChunks>::kAlloc, configured);
-  launch_pdl(false, kernel, grid, dim3(kThreads), Smem<kChunks>::kAlloc, stream, map, qmap, kp);
+  launch_pdl(false, kernel, grid, dim3(kThreads), Smem<kChunks>::kAlloc, stream, m.k, m.q, m.out,
+             m.accum, kp);
 #if defined(OPENMLA_DECODE_PROFILE)
   dense_decode_prof_print<<<1, 1, 0, stream>>>();
 #endif
 }
 
 template <int kChunks, bool kFp16, int kN>
-void launch_narrow(const CUtensorMap& map, const CUtensorMap& qmap,
-                   const DenseDecodeKernelParams& kp, dim3 grid, cudaStream_t stream) {
+void launch_narrow(const Maps& m, const DenseDecodeKernelParams& kp, dim3 grid,
+                   cudaStream_t stream) {
   auto kernel = narrow_decode_kernel<kChunks, kFp16, kN>;
   using L = NarrowSmem<kChunks, kN>;
   static std::atomic<uint64_t> configured{0};  // per instantiation: a bit per device
   allow_smem(kernel, L::kAlloc, configured);
-  launch_pdl(false, kernel, grid, dim3(kNarrowThreads), L::kAlloc, stream, map, qmap, kp);
+  launch_pdl(false, kernel, grid, dim3(kNarrowThreads), L::kAlloc, stream, m.k, m.q, kp);
 }
 
 template <int kChunks, bool kFp16>
-void launch_any(const CUtensorMap& map, const CUtensorMap& qmap, const DenseDecodeKernelParams& kp,
-                dim3 grid, bool narrow, cudaStream_t stream) {
+void launch_any(const Maps& m, const DenseDecodeKernelParams& kp, dim3 grid, bool narrow,
+                cudaStream_t stream) {
   if (!narrow)
-    launch<kChunks, kFp16>(map, qmap, kp, grid, stream);
+    launch<kChunks, kFp16>(m, kp, grid, stream);
   else if (kp.rows <= 16)
-    launch_narrow<kChunks, kFp16, 16>(map, qmap, kp, grid, stream);
+    launch_narrow<kChunks, kFp16, 16>(m, kp, grid, stream);
   else
-    launch_narrow<kChunks, kFp16, 32>(map, qmap, kp, grid, stream);
+    launch_narrow<kChunks, kFp16, 32>(m, kp, grid, stream);
 }
 
 // Development switch for A/B measurements: OPENMLA_DECODE_NO_NARROW=1 sends every shape to the
@@ -85,18 +89,25 @@ bool narrow_disabled() {
   return v;
 }
 
-// Development switch: OPENMLA_DECODE_NO_Q_TMA=1 loads every Q tile with cp.async.
-bool q_tma_disabled() {
-  static const bool v = env_flag("OPENMLA_DECODE_NO_Q_TMA");
+// Development switch: OPENMLA_DECODE_NO_TMA_TILES=1 copies every Q and output tile with the
+// threads (cp.async loads, st.global stores).
+bool tma_disabled() {
+  static const bool v = env_flag("OPENMLA_DECODE_NO_TMA_TILES");
+  return v;
+}
+// OPENMLA_DECODE_NO_TMA_STORES=1: output tiles only.
+bool tma_stores_disabled() {
+  static const bool v = env_flag("OPENMLA_DECODE_NO_TMA_STORES");
   return v;
 }
 
-// The kernels' Q tiles (`tile` query rows x d_qk: 64 in the main kernel, 16 or 32 in the
-// narrow one) as boxes of a 4-D map [b, s_q, h_q, d_qk] (see DenseDecodeKernelParams::q_tma):
-// box {64 dims, heads, positions, 1}. False when a tile is not one box or the copy engine
-// cannot describe q (then the kernels use cp.async).
-bool make_q_map(const DenseDecodeParams& p, int64_t group, int tile, bool fp16, CUtensorMap& map) {
-  const int64_t b = p.q.shape[0], s_q = p.q.shape[1], h_q = p.q.shape[2], d_qk = p.q.shape[3];
+// Tiles of `tile` query rows (64 in the main kernel, 16 or 32 in the narrow one) of q or out
+// ([b, s_q, h_q, d]) as boxes of a 4-D map: box {64 dims, heads, positions, 1} (see
+// DenseDecodeKernelParams::q_tma). False when a tile is not one box or the copy engine cannot
+// describe the tensor (then the kernels copy with their threads).
+bool make_rows_map(const TensorView& t, const char* arg, int64_t group, int tile, bool fp16,
+                   CUtensorMap& map) {
+  const int64_t b = t.shape[0], s_q = t.shape[1], h_q = t.shape[2], d = t.shape[3];
   uint32_t box_h = 0, box_s = 0;
   if (group % tile == 0) {
     box_h = static_cast<uint32_t>(tile);
@@ -109,20 +120,37 @@ bool make_q_map(const DenseDecodeParams& p, int64_t group, int tile, bool fp16, 
   }
   // Strides of size-1 dimensions do not matter: give the encoder valid ones.
   const int64_t es = 2;
-  const int64_t sh = h_q > 1 ? p.q.strides[2] : d_qk;
-  const int64_t ss = s_q > 1 ? p.q.strides[1] : sh * h_q;
-  const int64_t sb = b > 1 ? p.q.strides[0] : ss * s_q;
+  const int64_t sh = h_q > 1 ? t.strides[2] : d;
+  const int64_t ss = s_q > 1 ? t.strides[1] : sh * h_q;
+  const int64_t sb = b > 1 ? t.strides[0] : ss * s_q;
   if (sh <= 0 || ss <= 0 || sb <= 0) return false;
-  const uint64_t dims[4] = {static_cast<uint64_t>(d_qk), static_cast<uint64_t>(h_q),
+  const uint64_t dims[4] = {static_cast<uint64_t>(d), static_cast<uint64_t>(h_q),
                             static_cast<uint64_t>(s_q), static_cast<uint64_t>(b)};
   const uint64_t strides[3] = {static_cast<uint64_t>(sh * es), static_cast<uint64_t>(ss * es),
                                static_cast<uint64_t>(sb * es)};
   const uint32_t box[4] = {64, box_h, box_s, 1};
   const auto dtype = fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   try {
-    map = make_tensor_map_4d("q", p.q.data, dtype, dims, strides, box);
+    map = make_tensor_map_4d(arg, t.data, dtype, dims, strides, box);
   } catch (const Error&) {
-    return false;  // e.g. overlapping strides the encoder rejects: cp.async takes the tile
+    return false;  // e.g. overlapping strides the encoder rejects
+  }
+  return true;
+}
+
+// The plan's partial outputs [accum_slots * h_kv][rows][512] fp32 as boxes of 64 rows x 32.
+bool make_accum_map(const PlanState& st, int64_t h_kv, CUtensorMap& map) {
+  if (st.buf.accum_slots <= 0) return false;
+  const uint64_t dims[4] = {512, static_cast<uint64_t>(st.rows),
+                            static_cast<uint64_t>(st.buf.accum_slots * h_kv), 1};
+  const uint64_t row = 512 * sizeof(float);
+  const uint64_t strides[3] = {row, row * static_cast<uint64_t>(st.rows), row * dims[1] * dims[2]};
+  const uint32_t box[4] = {32, 64, 1, 1};
+  try {
+    map = make_tensor_map_4d("plan", st.buf.o_accum, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, dims, strides,
+                             box);
+  } catch (const Error&) {
+    return false;
   }
   return true;
 }
@@ -197,9 +225,13 @@ void dense_decode(const DenseDecodeParams& p) {
   const dim3 grid(st.m_blocks, static_cast<unsigned>(h_kv), st.buf.num_parts);
   // Few query rows per KV head: the transposed, ring-buffered kernel.
   const bool narrow = st.rows <= 32 && !narrow_disabled();
-  CUtensorMap qmap = map;  // (unused unless kp.q_tma)
+  Maps maps{map, map, map, map};  // (q, out, accum: each unused unless its flag is set)
   const int tile = !narrow ? 64 : st.rows <= 16 ? 16 : 32;
-  kp.q_tma = !q_tma_disabled() && make_q_map(p, kp.group, tile, fp16, qmap) ? 1 : 0;
+  const bool tma = !tma_disabled();
+  kp.q_tma = tma && make_rows_map(p.q, "q", kp.group, tile, fp16, maps.q) ? 1 : 0;
+  const bool tma_st = tma && !narrow && !tma_stores_disabled();
+  kp.o_tma = tma_st && make_rows_map(p.out, "out", kp.group, 64, fp16, maps.out) ? 1 : 0;
+  kp.a_tma = tma_st && make_accum_map(st, h_kv, maps.accum) ? 1 : 0;
 #if defined(OPENMLA_DECODE_PROFILE)
   // Profile builds: OPENMLA_PROF_SKIP=attention|combine leaves that kernel out (wrong results;
   // for timing the other one alone).
@@ -214,14 +246,14 @@ void dense_decode(const DenseDecodeParams& p) {
 #endif
   if (d_qk == 576) {
     if (fp16)
-      launch_any<9, true>(map, qmap, kp, grid, narrow, stream);
+      launch_any<9, true>(maps, kp, grid, narrow, stream);
     else
-      launch_any<9, false>(map, qmap, kp, grid, narrow, stream);
+      launch_any<9, false>(maps, kp, grid, narrow, stream);
   } else {
     if (fp16)
-      launch_any<8, true>(map, qmap, kp, grid, narrow, stream);
+      launch_any<8, true>(maps, kp, grid, narrow, stream);
     else
-      launch_any<8, false>(map, qmap, kp, grid, narrow, stream);
+      launch_any<8, false>(maps, kp, grid, narrow, stream);
   }
 #if defined(OPENMLA_DECODE_PROFILE)
   if (prof_skip == "combine") return;
