@@ -226,11 +226,16 @@ __device__ __forceinline__ Segment uniform_segment(const Segment& seg) {
   return s;
 }
 
-// Accumulator slot of query row `row` of KV head `hk` for this segment's piece of a cut request.
-__device__ __forceinline__ int64_t accum_slot(const DenseDecodeKernelParams& p, const Segment& s,
-                                              int hk, int row) {
-  return (static_cast<int64_t>(p.plan.accum_offset[s.req] + s.split) * p.h_kv + hk) * p.rows +
-         row;
+// Piece index (o_accum's outer dimension: slots x KV heads) of KV head `hk` for this segment's
+// piece of a cut request whose first accumulator slot is `acc0` (p.plan.accum_offset[s.req]),
+// and the accumulator row of its query row `row`.
+__device__ __forceinline__ int accum_piece(const DenseDecodeKernelParams& p, int acc0,
+                                           const Segment& s, int hk) {
+  return (acc0 + s.split) * p.h_kv + hk;
+}
+__device__ __forceinline__ int64_t accum_slot(const DenseDecodeKernelParams& p, int acc0,
+                                              const Segment& s, int hk, int row) {
+  return static_cast<int64_t>(accum_piece(p, acc0, s, hk)) * p.rows + row;
 }
 
 // Copies query rows [row0, row0 + tile_rows) of KV head hk into a Q tile of 128B-swizzled
@@ -872,7 +877,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       } else {
         // Partial results: L2 evict-last (read by the combine right after; see ptx.cuh).
         const uint64_t keep = l2_policy_evict_last();
-        const int64_t slot = accum_slot(p, s, hk, rg);
+        const int64_t slot = accum_slot(p, p.plan.accum_offset[s.req], s, hk, rg);
         if (!via_tma) {
           float* acc = p.plan.o_accum + slot * 512 + wg * 256 + rw.cq;
 #pragma unroll
@@ -894,7 +899,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           tma_store_4d_pred(&omap, tile + c * kChunkBytes, c * 64, hk * p.group + r0 % p.group,
                             r0 / p.group, s.req, keep, tid == 0);
       } else {
-        const int piece = (p.plan.accum_offset[s.req] + s.split) * p.h_kv + hk;
+        const int piece = accum_piece(p, p.plan.accum_offset[s.req], s, hk);
 #pragma unroll
         for (int c = 0; c < 16; ++c)
           tma_store_4d_pred(&amap, tile + c * kChunkBytes, c * 32, r0, piece, 0, keep, tid == 0);

@@ -209,6 +209,9 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
   const uint64_t policy_q = l2_policy_evict_last();
   for_each_segment(p, part, [&](const Segment& seg) {
     const Segment s = uniform_segment(seg);
+    // The epilogue's plan entries, loaded now (their latency was on the epilogue's path).
+    const int nsplit = p.plan.num_splits[s.req];
+    const int acc0 = p.plan.accum_offset[s.req];
     // ---- Q tile: the kN query rows of this KV head (zero rows past p.rows) ----
     {
       if (p.q_tma) {
@@ -355,7 +358,6 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
       for (int k = 0; k < kCols; ++k) sums[(warp % 4) * kN + 8 * (k / 2) + cq + (k & 1)] = l[k];
     }
     named_barrier(kNarrowBar, 128);
-    const int nsplit = p.plan.num_splits[s.req];
 #pragma unroll
     for (int k = 0; k < kCols; ++k) {
       const int col = 8 * (k / 2) + cq + (k & 1);
@@ -377,7 +379,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
       } else {
         // Partial results: L2 evict-last (read by the combine right after; see ptx.cuh).
         const uint64_t keep = l2_policy_evict_last();
-        const int64_t slot = accum_slot(p, s, hk, col);
+        const int64_t slot = accum_slot(p, acc0, s, hk, col);
         float* acc = p.plan.o_accum + slot * 512;
 #pragma unroll
         for (int t = 0; t < 8; ++t) {
