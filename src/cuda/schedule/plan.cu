@@ -16,8 +16,13 @@ namespace openmla::sm90 {
 
 namespace {
 
-// Cost of starting a piece of work (Q load, epilogue, a share of the combine), in KV blocks.
-constexpr int kFixedCost = 3;
+// Cost of starting a piece of work (Q load, first K latency, epilogue, a share of the combine),
+// in KV blocks, per attention kernel. Main (seesaw) kernel: ~9 us per segment (profile stamps)
+// against ~1.5-2.5 us per block; 5 instead of 3 measured (two A/B runs, x3 each): b=8 h_q=128
+// s_k=8192 -2.5 %, b=4 s_k=65536 -1.8 %, b=128 cells within noise (2 was worse). Narrow
+// kernel: 3 (5 made b=128 h_q=16 s_k=4096 1 % slower).
+constexpr int kFixedCostMain = 5;
+constexpr int kFixedCostNarrow = 3;
 
 constexpr int kPlannerThreads = 256;
 constexpr int kPlannerStaged = 2048;  // batches whose per-request arrays fit in shared memory
@@ -46,10 +51,11 @@ __device__ T cta_exclusive_scan(T v, T& total) {
 }
 
 // The split-KV planner, data-parallel over requests and parts (one CTA). Every request costs its
-// blocks plus kFixedCost; the costs are laid end to end on a line of length W, and part p takes
-// the line's [p per, (p+1) per), per = ceil(W / parts). A request's fixed cost sits at its start,
+// blocks plus a fixed cost F (fixed_cost: kFixedCostMain / kFixedCostNarrow); the costs are laid
+// end to end on a line of length W, and part p takes the line's [p per, (p+1) per),
+// per = ceil(W / parts). A request's fixed cost sits at its start,
 // so its blocks fall in parts first..last = (P + F) / per .. (P + cost - 1) / per (P: its prefix,
-// F: kFixedCost); each of those parts gets one piece. A piece that continues a request pays its
+// F: fixed_cost); each of those parts gets one piece. A piece that continues a request pays its
 // fixed cost outside the line, so no part exceeds per + F: the bound of a sequential greedy cut,
 // without its O(b + parts) single-thread loop (which took 30-50 us at b=128).
 // Batch-invariant plans never cut: request i goes whole to the part its cost midpoint falls in, so
@@ -82,7 +88,7 @@ __global__ void planner_prof_print() {
 
 __global__ void __launch_bounds__(kPlannerThreads, 1)
     planner_kernel(const int32_t* __restrict__ seqlens, int64_t seqlens_stride, int batch,
-                   int batch_invariant, PlanBuffers buf, PlanScratch scratch) {
+                   int batch_invariant, int fixed_cost, PlanBuffers buf, PlanScratch scratch) {
   __shared__ long long prefix_s[kPlannerStaged];
   __shared__ int first_s[kPlannerStaged], last_s[kPlannerStaged];
   const bool staged = batch <= kPlannerStaged;
@@ -100,7 +106,7 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
   long long run = 0;
   for (int i = i0; i < i1; ++i) {
     prefix[i] = run;
-    run += nblk_of(i) + kFixedCost;
+    run += nblk_of(i) + fixed_cost;
   }
   long long total = 0;
   const long long base = cta_exclusive_scan(run, total);
@@ -116,10 +122,10 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
     long long f, l;
     if (batch_invariant) {
       f = l = (P + c / 2) / per;
-    } else if (c == kFixedCost) {  // empty request: one (empty) piece where it starts
+    } else if (c == fixed_cost) {  // empty request: one (empty) piece where it starts
       f = l = P / per;
     } else {
-      f = (P + kFixedCost) / per;
+      f = (P + fixed_cost) / per;
       l = (P + c - 1) / per;
     }
     first_part[i] = static_cast<int>(min(f, static_cast<long long>(parts - 1)));
@@ -173,11 +179,11 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
     }
     m[kBeginLen] = max(0, seqlens[first * seqlens_stride]);
     const int fp = first_part[first];
-    m[kBeginBlk] = p == fp ? 0 : static_cast<int>(p * per - prefix[first] - kFixedCost);
+    m[kBeginBlk] = p == fp ? 0 : static_cast<int>(p * per - prefix[first] - fixed_cost);
     m[kBeginSplit] = p - fp;
     m[kLastBlkEnd] = p == last_part[last]
-                         ? static_cast<int>(cost_of(last) - kFixedCost)
-                         : static_cast<int>((p + 1) * per - prefix[last] - kFixedCost);
+                         ? static_cast<int>(cost_of(last) - fixed_cost)
+                         : static_cast<int>((p + 1) * per - prefix[last] - fixed_cost);
   }
 #if defined(OPENMLA_DECODE_PROFILE)
   __syncthreads();
@@ -549,7 +555,8 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
   if (impl.config.batch == 0) return;
   launch_pdl(false, planner_kernel, dim3(1), dim3(kPlannerThreads), 0, static_cast<cudaStream_t>(stream),
              static_cast<const int32_t*>(cache_seqlens.data), cache_seqlens.strides[0],
-             impl.config.batch, impl.config.batch_invariant ? 1 : 0, st->buf, st->scratch);
+             impl.config.batch, impl.config.batch_invariant ? 1 : 0,
+             st->rows <= 32 ? kFixedCostNarrow : kFixedCostMain, st->buf, st->scratch);
 #if defined(OPENMLA_DECODE_PROFILE)
   planner_prof_print<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>();
 #endif
