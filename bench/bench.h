@@ -190,6 +190,7 @@ struct Result {
   double graph_min_us = kNaN;
   double eager_us = kNaN;  // median of single eager calls, CUDA events
   double host_us = kNaN;   // host time to issue one eager call (plan update + operator)
+  double host_plan_us = kNaN, host_op_us = kNaN;  // the two halves, each issued alone
   double plan_us = kNaN;   // decode: graph replay of DecodePlan::update alone
   double op_us = kNaN;     // decode: graph replay of the operator alone (plan updated before)
   // FlashMLA's own method (how ANCHORS.md's kernel figures were taken): every call follows an
