@@ -82,12 +82,6 @@ void launch_any(const Maps& m, const DenseDecodeKernelParams& kp, dim3 grid, boo
     launch_narrow<kChunks, kFp16, 32>(m, kp, grid, stream);
 }
 
-// Development switch for A/B measurements: OPENMLA_DECODE_NO_NARROW=1 sends every shape to the
-// main kernel.
-bool narrow_disabled() {
-  static const bool v = env_flag("OPENMLA_DECODE_NO_NARROW");
-  return v;
-}
 
 // Development switch: OPENMLA_DECODE_NO_TMA_TILES=1 copies every Q and output tile with the
 // threads (cp.async loads, st.global stores).
@@ -157,6 +151,13 @@ bool make_accum_map(const PlanState& st, int64_t h_kv, CUtensorMap& map) {
 
 }  // namespace
 
+// Few query rows per KV head: the transposed, ring-buffered kernel. Development switch for A/B
+// measurements: OPENMLA_DECODE_NO_NARROW=1 sends every shape to the main kernel.
+bool uses_narrow_kernel(int rows) {
+  static const bool disabled = env_flag("OPENMLA_DECODE_NO_NARROW");
+  return rows <= 32 && !disabled;
+}
+
 void dense_decode(const DenseDecodeParams& p) {
   const int64_t b = p.q.shape[0], s_q = p.q.shape[1], h_q = p.q.shape[2], d_qk = p.q.shape[3];
   const int64_t num_pages = p.k_cache.shape[0], page_size = p.k_cache.shape[1];
@@ -223,8 +224,7 @@ void dense_decode(const DenseDecodeParams& p) {
 
   const auto stream = static_cast<cudaStream_t>(p.stream);
   const dim3 grid(st.m_blocks, static_cast<unsigned>(h_kv), st.buf.num_parts);
-  // Few query rows per KV head: the transposed, ring-buffered kernel.
-  const bool narrow = st.rows <= 32 && !narrow_disabled();
+  const bool narrow = uses_narrow_kernel(st.rows);
   Maps maps{map, map, map, map};  // (q, out, accum: each unused unless its flag is set)
   const int tile = !narrow ? 64 : st.rows <= 16 ? 16 : 32;
   const bool tma = !tma_disabled();

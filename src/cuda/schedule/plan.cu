@@ -556,7 +556,8 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
   launch_pdl(false, planner_kernel, dim3(1), dim3(kPlannerThreads), 0, static_cast<cudaStream_t>(stream),
              static_cast<const int32_t*>(cache_seqlens.data), cache_seqlens.strides[0],
              impl.config.batch, impl.config.batch_invariant ? 1 : 0,
-             st->rows <= 32 ? kFixedCostNarrow : kFixedCostMain, st->buf, st->scratch);
+             uses_narrow_kernel(st->rows) ? kFixedCostNarrow : kFixedCostMain, st->buf,
+             st->scratch);
 #if defined(OPENMLA_DECODE_PROFILE)
   planner_prof_print<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>();
 #endif

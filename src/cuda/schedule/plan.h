@@ -27,6 +27,11 @@ struct PlanState {
 
 PlanState& plan_state(const DecodePlan& plan);
 
+// Whether dense decode runs the narrow (transposed, <= 32 query rows per KV head) kernel for
+// `rows` query rows per KV head; the planner sizes its pieces by the kernel (decode_dense/
+// launch.cu, which also honours OPENMLA_DECODE_NO_NARROW).
+bool uses_narrow_kernel(int rows);
+
 // Merges the partial results of split requests into out/lse (requests not split are skipped).
 void launch_combine(const DenseDecodeKernelParams& p, cudaStream_t stream);
 
