@@ -238,6 +238,21 @@ __device__ __forceinline__ int64_t accum_slot(const DenseDecodeKernelParams& p, 
   return static_cast<int64_t>(accum_piece(p, acc0, s, hk)) * p.rows + row;
 }
 
+// Issues the copy-engine loads of a Q tile (p.q_tma): query rows row0 .. of KV head hk, one box
+// of the q map per 64-dim chunk (chunk c at dst + c * chunk_bytes), completing on `bar`; only
+// where `pred` holds (one thread), predicated (no branch next to the wgmma).
+template <int kChunks>
+__device__ __forceinline__ void issue_q_tile(const DenseDecodeKernelParams& p,
+                                             const CUtensorMap* qmap, uint8_t* dst,
+                                             int chunk_bytes, uint64_t* bar, int req, int hk,
+                                             int row0, uint64_t policy, bool pred) {
+  const QueryRow q0 = query_row(p, hk, row0);  // the box's first head and position
+  mbar_arrive_expect_tx_pred(bar, kChunks * chunk_bytes, pred);
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c)
+    tma_load_4d_pred(dst + c * chunk_bytes, qmap, bar, c * 64, q0.h, q0.s, req, policy, pred);
+}
+
 // Copies query rows [row0, row0 + tile_rows) of KV head hk into a Q tile of 128B-swizzled
 // 64-element chunks (chunk c of tile row r at c * chunk_bytes + r * 128), zero-filling rows past
 // p.rows; thread t of `nthreads` issues every nthreads-th 16-byte copy. cp.async: all of a
@@ -597,14 +612,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // ---- Q tile: rows (s, g) of this KV head, zero-padded to 64, into swizzled chunks ----
     {
       if (p.q_tma) {
-        // One copy-engine request per 64-dim chunk (p.q_tma): rows m_block * 64 .. + 64 are
-        // heads hk * group + r0 % group .. of query position r0 / group onwards.
-        const int r0 = m_block * 64;
-        mbar_arrive_expect_tx_pred(q_full, kChunks * kChunkBytes, tid == 0);
-#pragma unroll
-        for (int c = 0; c < kChunks; ++c)
-          tma_load_4d_pred(smem + L::kQ + c * kChunkBytes, &qmap, q_full, c * 64,
-                           hk * p.group + r0 % p.group, r0 / p.group, s.req, policy_q, tid == 0);
+        issue_q_tile<kChunks>(p, &qmap, smem + L::kQ, kChunkBytes, q_full, s.req, hk,
+                              m_block * 64, policy_q, tid == 0);
       } else {
         copy_q_tile<Elem, kChunks>(p, s.req, hk, m_block * 64, 64, smem + L::kQ, kChunkBytes, tid,
                                    kThreads);
@@ -832,6 +841,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // 64-128 KB of thread stores (b=128 h_q=128 s_q=2 s_k=4096: -2 %); the part's last segment
     // stores from registers (staging would only lengthen the kernel's end: b=8 +1.3 us).
     const bool direct = nsplit <= 1;
+    const int acc0 = direct ? 0 : p.plan.accum_offset[s.req];  // first accumulator slot
     const bool via_tma = !s.last && (direct ? p.o_tma != 0 : p.a_tma != 0);
     uint8_t* tile = smem + L::kK;
 #pragma unroll
@@ -877,7 +887,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       } else {
         // Partial results: L2 evict-last (read by the combine right after; see ptx.cuh).
         const uint64_t keep = l2_policy_evict_last();
-        const int64_t slot = accum_slot(p, p.plan.accum_offset[s.req], s, hk, rg);
+        const int64_t slot = accum_slot(p, acc0, s, hk, rg);
         if (!via_tma) {
           float* acc = p.plan.o_accum + slot * 512 + wg * 256 + rw.cq;
 #pragma unroll
@@ -894,12 +904,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint64_t keep = l2_policy_evict_last();
       const int r0 = m_block * 64;
       if (direct) {
+        const QueryRow q0 = query_row(p, hk, r0);  // the box's first head and position
 #pragma unroll
         for (int c = 0; c < 8; ++c)
-          tma_store_4d_pred(&omap, tile + c * kChunkBytes, c * 64, hk * p.group + r0 % p.group,
-                            r0 / p.group, s.req, keep, tid == 0);
+          tma_store_4d_pred(&omap, tile + c * kChunkBytes, c * 64, q0.h, q0.s, s.req, keep,
+                            tid == 0);
       } else {
-        const int piece = accum_piece(p, p.plan.accum_offset[s.req], s, hk);
+        const int piece = accum_piece(p, acc0, s, hk);
 #pragma unroll
         for (int c = 0; c < 16; ++c)
           tma_store_4d_pred(&amap, tile + c * kChunkBytes, c * 32, r0, piece, 0, keep, tid == 0);

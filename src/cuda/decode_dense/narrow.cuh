@@ -215,13 +215,9 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     // ---- Q tile: the kN query rows of this KV head (zero rows past p.rows) ----
     {
       if (p.q_tma) {
-        // One box per 64-dim chunk: all heads of this KV head's group at kN / group positions
-        // (the copy engine zero-fills positions past s_q).
-        mbar_arrive_expect_tx_pred(q_full, kChunks * L::kQChunk, wl == 0);
-#pragma unroll
-        for (int c = 0; c < kChunks; ++c)
-          tma_load_4d_pred(smem + L::kQ + c * L::kQChunk, &qmap, q_full, c * 64, hk * p.group, 0,
-                           s.req, policy_q, wl == 0);
+        // (boxes of kN rows: the copy engine zero-fills positions past s_q)
+        issue_q_tile<kChunks>(p, &qmap, smem + L::kQ, L::kQChunk, q_full, s.req, hk, 0, policy_q,
+                              wl == 0);
         mbar_wait(q_full, q_par);
         q_par ^= 1;
       } else {
