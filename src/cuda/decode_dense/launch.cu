@@ -99,8 +99,8 @@ bool tma_stores_disabled() {
 // ([b, s_q, h_q, d]) as boxes of a 4-D map: box {64 dims, heads, positions, 1} (see
 // DenseDecodeKernelParams::q_tma). False when a tile is not one box or the copy engine cannot
 // describe the tensor (then the kernels copy with their threads).
-bool make_rows_map(const TensorView& t, const char* arg, int64_t group, int tile, bool fp16,
-                   CUtensorMap& map) {
+bool make_rows_map(const TensorView& t, const char* arg, int64_t group, int tile,
+                   CUtensorMapDataType dtype, CUtensorMap& map) {
   const int64_t b = t.shape[0], s_q = t.shape[1], h_q = t.shape[2], d = t.shape[3];
   uint32_t box_h = 0, box_s = 0;
   if (group % tile == 0) {
@@ -123,7 +123,6 @@ bool make_rows_map(const TensorView& t, const char* arg, int64_t group, int tile
   const uint64_t strides[3] = {static_cast<uint64_t>(sh * es), static_cast<uint64_t>(ss * es),
                                static_cast<uint64_t>(sb * es)};
   const uint32_t box[4] = {64, box_h, box_s, 1};
-  const auto dtype = fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   try {
     map = make_tensor_map_4d(arg, t.data, dtype, dims, strides, box);
   } catch (const Error&) {
@@ -183,10 +182,8 @@ void dense_decode(const DenseDecodeParams& p) {
   // Boxes of up to 64 tokens that never straddle a page: blocks start at multiples of 64.
   const int box_tokens = std::gcd(static_cast<int>(std::min<int64_t>(page_size, 1 << 30)), 64);
   const uint32_t box[4] = {64, 1, static_cast<uint32_t>(box_tokens), 1};
-  const CUtensorMap map =
-      make_tensor_map_4d("k_cache", p.k_cache.data,
-                         fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                         dims, strides, box);
+  const auto dtype = fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUtensorMap map = make_tensor_map_4d("k_cache", p.k_cache.data, dtype, dims, strides, box);
 
   DenseDecodeKernelParams kp{};
   kp.q = p.q.data;
@@ -228,9 +225,9 @@ void dense_decode(const DenseDecodeParams& p) {
   Maps maps{map, map, map, map};  // (q, out, accum: each unused unless its flag is set)
   const int tile = !narrow ? 64 : st.rows <= 16 ? 16 : 32;
   const bool tma = !tma_disabled();
-  kp.q_tma = tma && make_rows_map(p.q, "q", kp.group, tile, fp16, maps.q) ? 1 : 0;
+  kp.q_tma = tma && make_rows_map(p.q, "q", kp.group, tile, dtype, maps.q) ? 1 : 0;
   const bool tma_st = tma && !narrow && !tma_stores_disabled();
-  kp.o_tma = tma_st && make_rows_map(p.out, "out", kp.group, 64, fp16, maps.out) ? 1 : 0;
+  kp.o_tma = tma_st && make_rows_map(p.out, "out", kp.group, 64, dtype, maps.out) ? 1 : 0;
   kp.a_tma = tma_st && make_accum_map(st, h_kv, maps.accum) ? 1 : 0;
 #if defined(OPENMLA_DECODE_PROFILE)
   // Profile builds: OPENMLA_PROF_SKIP=attention|combine leaves that kernel out (wrong results;

@@ -78,7 +78,8 @@ __device__ __forceinline__ void mma_ot(float (&d)[kN / 2], uint64_t a, uint64_t 
 template <int kChunks, bool kFp16, int kN>
 __global__ void __launch_bounds__(kNarrowThreads, 1)
     narrow_decode_kernel(const __grid_constant__ CUtensorMap kmap,
-                         const __grid_constant__ CUtensorMap qmap, const DenseDecodeKernelParams p) {
+                         const __grid_constant__ CUtensorMap qmap,
+                         const DenseDecodeKernelParams p) {
   using Elem = std::conditional_t<kFp16, __half, __nv_bfloat16>;
   using L = NarrowSmem<kChunks, kN>;
   constexpr int kCols = kN / 4;        // query rows (S^T columns) held per thread
