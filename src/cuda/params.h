@@ -27,6 +27,14 @@ struct PlanBuffers {
   int accum_slots;  // 2 * (num_parts - 1): bound on the pieces of split requests
 };
 
+// n / d for 0 <= n < 2^31 and a divisor d >= 1 fixed per launch, as a multiply-high and a
+// shift (round-up reciprocal: mul = ceil(2^(31 + l) / d), l = ceil(log2 d), shr = l - 1; d = 1
+// is passed through). Filled by make_fast_div (launch.cu); the integer division it replaces
+// took ~20 dependent instructions per use in the decode kernel's per-pair block-table math.
+struct FastDiv {
+  uint32_t d, mul, shr;
+};
+
 struct DenseDecodeKernelParams {
   const void* q;  // [b, s_q, h_q, d_qk]
   int64_t q_stride_b, q_stride_s, q_stride_h;
@@ -40,6 +48,8 @@ struct DenseDecodeKernelParams {
   const int32_t* seqlens;  // [b]
   int64_t seqlens_stride;
   int num_pages, page_size, box_tokens;
+  FastDiv page_div;  // division by page_size
+  int box_shift;     // log2(box_tokens) (box_tokens = gcd(page_size, 64), a power of two)
   int batch, s_q, h_q, h_kv, group, rows;  // rows = s_q * group (query rows per KV head)
   int m_blocks;                            // ceil(rows / 64)
   float scale, scale_log2;

@@ -239,6 +239,13 @@ std::vector<Case> cases() {
   // Page sizes.
   for (int ps : {1, 16, 32, 128, 256})
     v.push_back({6, 1, 140, 16, 1, false, false, 576, ps, true, 0});
+  // Pages that are not powers of two (boxes of gcd(page, 64) tokens; the kernels divide by the
+  // page size with a multiply and a shift), and small pages through the main (64-row) kernel.
+  v.push_back({6, 1, 140, 64, 1, false, false, 576, 16, true, 0});
+  v.push_back({3, 2, 300, 128, 1, true, false, 576, 48, true, 0});
+  v.push_back({2, 1, 500, 64, 1, false, true, 512, 96, true, 0});
+  v.push_back({3, 1, 300, 16, 1, false, false, 576, 100, true, 0});
+  v.push_back({2, 2, 700, 32, 1, true, false, 576, 192, true, 0});
   // Long contexts and big batches (split-KV and combine paths).
   v.push_back({1, 1, 4096, 128, 1, false, false, 576, 64, false, 0});
   v.push_back({1, 2, 4096, 128, 1, true, false, 576, 64, false, 0});

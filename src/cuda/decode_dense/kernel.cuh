@@ -449,6 +449,11 @@ __device__ __forceinline__ void zero_v_tail(uint8_t* stage_base, int valid, int 
   fence_proxy_async();
 }
 
+// n / f.d (FastDiv, params.h) for 0 <= n < 2^31.
+__device__ __forceinline__ int fast_div(const FastDiv& f, int n) {
+  return f.d == 1 ? n : static_cast<int>(__umulhi(static_cast<uint32_t>(n), f.mul) >> f.shr);
+}
+
 // The page holding box `wl` of block `blk` of segment `s` (one box per run of gcd(page_size, 64)
 // tokens of one page), or -1. Only block-table entries of tokens < len are read; an index past
 // the table becomes -1, and a page out of range (or -1) an out-of-bounds TMA box, which the copy
@@ -458,8 +463,8 @@ __device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const 
                                         int blk, int wl) {
   const int box = p.box_tokens;
   const int tok0 = blk * 64;
-  const int nbox = (min(64, s.len - tok0) + box - 1) / box;
-  const int page_idx = (tok0 + wl * box) / p.page_size;
+  const int nbox = (min(64, s.len - tok0) + box - 1) >> p.box_shift;
+  const int page_idx = fast_div(p.page_div, tok0 + wl * box);
   const bool in_table = wl < nbox && page_idx < p.max_pages;
   const int32_t* entry = p.block_table + static_cast<int64_t>(s.req) * p.bt_stride +
                          (in_table ? page_idx : 0);
@@ -480,10 +485,10 @@ __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
                                             uint64_t policy) {
   const int box = p.box_tokens;
   const int tok0 = blk * 64;
-  const int nbox = (min(64, s.len - tok0) + box - 1) / box;
+  const int nbox = (min(64, s.len - tok0) + box - 1) >> p.box_shift;
   const int t = tok0 + wl * box;
   const bool issue = wl < nbox;
-  const int in_page = t % p.page_size;
+  const int in_page = t - fast_div(p.page_div, t) * p.page_size;
   const uint32_t bytes = static_cast<uint32_t>(nbox * box * 128);
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
@@ -601,6 +606,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
 
   int fills0 = 0, fills1 = 0;  // completed fills of each stage (full-barrier parities)
+  int pair_no = 0;             // pairs done (parity of the row-max hand-over buffers)
   uint32_t q_par = 0;          // the Q barrier's parity (TMA path)
   for_each_segment(p, part, [&](const Segment& seg) {
     const Segment s = uniform_segment(seg);
@@ -653,14 +659,27 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int blk = s.blk_lo; blk < s.blk_hi; blk += 2) {
       // Row maxima are handed over in buffers that alternate by pair, so a value is never
       // rewritten while the previous pair's reader may still be reading it.
-      float* m0_buf = s_m0 + 64 * (fills0 & 1);
-      float* m1_buf = s_m1 + 64 * (fills0 & 1);
+      float* m0_buf = s_m0 + 64 * (pair_no & 1);
+      float* m1_buf = s_m1 + 64 * (pair_no & 1);
+      ++pair_no;
       const bool has1 = blk + 1 < s.blk_hi;
       const bool next0 = blk + 2 < s.blk_hi, next1 = blk + 3 < s.blk_hi;
-      const uint32_t par0 = fills0 & 1, par1 = fills1 & 1;
       // Pages of the next pair's blocks, for the refills issued during this pair.
-      const int page0n = box_page(p, s, next0 ? blk + 2 : blk, wl);
-      const int page1n = box_page(p, s, next1 ? blk + 3 : blk, wl);
+#if OPENMLA_DECODE_EXP == 1  // dev experiment: refills re-read the segment's first pair (L2 hot)
+      const int nb0 = s.blk_lo, nb1 = s.blk_lo + 1;
+#else
+      const int nb0 = blk + 2, nb1 = blk + 3;
+#endif
+#if OPENMLA_DECODE_EXP == 2  // dev experiment: no refills; later pairs wait on the first's phase
+      constexpr bool kRefill = false;
+      const int lag = blk == s.blk_lo ? 0 : 1;
+#else
+      constexpr bool kRefill = true;
+      constexpr int lag = 0;
+#endif
+      const uint32_t par0 = (fills0 + lag) & 1, par1 = (fills1 + lag) & 1;
+      const int page0n = box_page(p, s, next0 ? nb0 : blk, wl);
+      const int page1n = box_page(p, s, next1 ? nb1 : blk, wl);
       uint32_t pa[16];
       float mx[2], rs[2], m0[2], m1[2], f0[2], f1[2];
       if (wg == 0) {
@@ -719,14 +738,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
-        if (next0) load(0, s, blk + 2, page0n, 0, 4);  // V0_L is free: refill it
+        if (kRefill && next0) load(0, s, nb0, page0n, 0, 4);  // V0_L is free: refill it
         OPENMLA_PROF_MARK(3);
         // O_L = O_L * e^(m0 - m1) + P1 V1_L, and behind it the next pair's S0: chunks 0-3 (refilled
         // after P0 V0_L) are issued while P1 V1_L runs, chunks 4-8 once V1_L is refilled.
         // Commits and waits are unconditional (empty groups where there is nothing to do): with
         // waits under runtime branches ptxas cannot follow the wgmma pipeline and serializes
         // every wgmma of the kernel (C7515).
-        const uint32_t par0n = (fills0 + 1) & 1;
+        const uint32_t par0n = kRefill ? (fills0 + 1) & 1 : par0;
         named_barrier(kBarP1, kThreads);
         if (has1) {
           scale_o_if(o, f1);
@@ -741,7 +760,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (next0) issue_s(sc, 0, par0n, 0, 4);
         wgmma_commit();  // group B: next S0, chunks 0-3
         wgmma_wait<1>();  // A done: V1_L and P1 (RoPE chunk) are free
-        if (has1 && next1) load(1, s, blk + 3, page1n, 4, kChunks);
+        if (kRefill && has1 && next1) load(1, s, nb1, page1n, 4, kChunks);
         if (next0) issue_s(sc, 0, par0n, 4, kChunks);
         wgmma_commit();  // group C: next S0, chunks 4-8
         wgmma_wait<0>();
@@ -809,15 +828,17 @@ __global__ void __launch_bounds__(kThreads, 1)
         pv_ss(o, 0, 1);
         wgmma_commit();  // group B: P0 V0_R
         wgmma_wait<1>();  // A done: V1_R is free, refill it with stage 1's next block
-        if (has1 && next1) load(1, s, blk + 3, page1n, 0, 4);
+        if (kRefill && has1 && next1) load(1, s, nb1, page1n, 0, 4);
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
         // V0_R and P0 (RoPE chunk) are free
-        if (next0) load(0, s, blk + 2, page0n, 4, kChunks);
+        if (kRefill && next0) load(0, s, nb0, page0n, 4, kChunks);
       }
-      ++fills0;
-      if (has1) ++fills1;
+      if (kRefill || blk == s.blk_lo) {
+        ++fills0;
+        if (has1) ++fills1;
+      }
     }
     OPENMLA_PROF_STAMP(6);
     // ---- epilogue: total row sums across both warpgroups, normalize, store ----

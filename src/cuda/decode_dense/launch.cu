@@ -148,6 +148,24 @@ bool make_accum_map(const PlanState& st, int64_t h_kv, CUtensorMap& map) {
   return true;
 }
 
+// The multiply-shift form of n / d (params.h); exact for 0 <= n < 2^31.
+FastDiv make_fast_div(uint32_t d) {
+  FastDiv f{d, 0, 0};
+  if (d > 1) {
+    uint32_t l = 0;  // ceil(log2 d)
+    while ((uint64_t(1) << l) < d) ++l;
+    f.mul = static_cast<uint32_t>(((uint64_t(1) << (31 + l)) + d - 1) / d);
+    f.shr = l - 1;
+  }
+  return f;
+}
+
+int log2_exact(int v) {  // v a power of two
+  int l = 0;
+  while ((1 << l) < v) ++l;
+  return l;
+}
+
 }  // namespace
 
 // Few query rows per KV head: the transposed, ring-buffered kernel. Development switch for A/B
@@ -206,6 +224,8 @@ void dense_decode(const DenseDecodeParams& p) {
   kp.num_pages = static_cast<int>(num_pages);
   kp.page_size = static_cast<int>(page_size);
   kp.box_tokens = box_tokens;
+  kp.page_div = make_fast_div(static_cast<uint32_t>(std::min<int64_t>(page_size, 1 << 30)));
+  kp.box_shift = log2_exact(box_tokens);
   kp.batch = static_cast<int>(b);
   kp.s_q = static_cast<int>(s_q);
   kp.h_q = static_cast<int>(h_q);
