@@ -211,6 +211,15 @@ __device__ __forceinline__ uint64_t opaque(uint64_t x) {
   return r;
 }
 
+// Four 8x8 b16 matrices from a warp's registers to shared memory (lane l gives the address of
+// row l % 8 of matrix l / 8; register i of lane l holds row l / 4, columns 2 (l % 4), +1 of matrix i).
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2,
+                                            uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr),
+               "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+
 // Byte offset of element (row, col) of a K-major SW128 tile of 64-element rows (col < 64).
 __device__ __forceinline__ uint32_t sw128_offset(int row, int col_elems_x2_bytes) {
   const int unit = col_elems_x2_bytes >> 4, within = col_elems_x2_bytes & 15;
