@@ -19,10 +19,10 @@
 // 2^8 in the exp2 domain), so most blocks skip the O rescales: -5..-7 % time at h_q=128.
 // V is the first 512 dims of the same K tile, read MN-major. Each stage's 9 (or 8) 64-dim chunks
 // have their own full barrier, so S starts on the first chunk that lands; a stage is released in
-// two groups (each warpgroup's V half, the other half together with the RoPE chunk), and each
-// group is refilled with the stage's next block by the warpgroup that used it last, as soon as
-// its wgmma have completed. For d_qk = 576 the P tile of a block is written into the block's
-// RoPE chunk once S is done with it (the whole budget is 227 KB). Measured history, the rejected
+// two groups (each warpgroup's V half, the RoPE chunk with one of them), and each group is
+// refilled with the stage's next block by the warpgroup that used it last, as soon as its wgmma
+// have completed. For d_qk = 576, P0 is written into stage 0's RoPE chunk once S0 is done with it
+// and P1 has a tile of its own (the whole budget is 227 KB; see Smem). Measured history, the rejected
 // variants and the profile of this schedule: docs/benchmarks.md.
 #pragma once
 
@@ -162,14 +162,26 @@ enum : int {
   kBarWg1 = 6,
 };
 
+// P tiles (the A operand of the other warpgroup's P V). d_qk = 576: P0 is written into stage 0's
+// RoPE chunk once S0 is done with it, and P1 has a tile of its own (the budget has room for one),
+// so stage 1's RoPE chunk is free right after S1 and is refilled together with warpgroup 1's V
+// half (after P1 V1_R) instead of with warpgroup 0's (after P1 V1_L, the stage's last reader).
+// d_qk = 512: two tiles of their own. (OPENMLA_DECODE_EXP=7: both P tiles in the RoPE chunks, as
+// before, for A/B measurements.)
+#if OPENMLA_DECODE_EXP == 7
+inline constexpr bool kP1InRope = true;
+#else
+inline constexpr bool kP1InRope = false;
+#endif
 template <int kChunks>
 struct Smem {
-  static constexpr bool kPInRope = kChunks == 9;  // P tiles live in the stages' RoPE chunks
+  static constexpr bool kRope = kChunks == 9;
   static constexpr int kQ = 0;
   static constexpr int kK = kChunks * kChunkBytes;
   static constexpr int kStage = kChunks * kChunkBytes;
-  static constexpr int kPSep = kK + 2 * kStage;  // separate P tiles [2] (d_qk = 512 only)
-  static constexpr int kRed = kPSep + (kPInRope ? 0 : 2 * kChunkBytes);
+  static constexpr int kPSep = kK + 2 * kStage;  // P tiles of their own
+  static constexpr int kPSepTiles = kRope ? (kP1InRope ? 0 : 1) : 2;
+  static constexpr int kRed = kPSep + kPSepTiles * kChunkBytes;
   static constexpr int kM0 = kRed;           // float [2][64] (by pair parity)
   static constexpr int kM1 = kRed + 512;     // float [2][64]
   static constexpr int kSum = kRed + 1024;   // float [2][64]
@@ -178,14 +190,24 @@ struct Smem {
   static constexpr int kAlloc = kBytes + 1024;  // + alignment slack for the 1024-B atoms
   static_assert(kAlloc <= 227 * 1024, "shared memory budget");
   __host__ __device__ static constexpr int p_tile(int stage) {
-    return kPInRope ? kK + stage * kStage + 8 * kChunkBytes : kPSep + stage * kChunkBytes;
+    return !kRope                        ? kPSep + stage * kChunkBytes
+           : (stage == 0 || kP1InRope) ? kK + stage * kStage + 8 * kChunkBytes
+                                       : kPSep;
   }
+  // Stage 1's chunks in load order: warpgroup 1's refill group first (V_R, and the RoPE chunk
+  // when P1 is not there), then warpgroup 0's (V_L, + RoPE otherwise). kG1 = the first group's size.
+  static constexpr int kG1 = (kRope && !kP1InRope) ? 5 : 4;
 };
 
-// Order in which stage `stage`'s chunks are loaded and consumed by S: the owner's V half first
-// (freed earliest), then the other half, then the RoPE chunk.
+// Order in which stage `stage`'s chunks are loaded and consumed by S: the group refilled first
+// (stage 0: V_L, by warpgroup 0 after P0 V0_L; stage 1: V_R + RoPE, by warpgroup 1 after P1 V1_R),
+// then the other.
+template <int kChunks>
 __device__ __forceinline__ int chunk_at(int stage, int i) {
-  return (stage == 0 || i >= 8) ? i : (i < 4 ? i + 4 : i - 4);
+  if (stage == 0) return i;
+  if (i < 4) return i + 4;
+  if (Smem<kChunks>::kG1 == 5) return i == 4 ? 8 : i - 5;
+  return i < 8 ? i - 4 : i;
 }
 
 struct Segment {
@@ -495,7 +517,7 @@ __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
     if (i < i0 || i >= i1) continue;
-    const int c = chunk_at(stage, i);
+    const int c = chunk_at<kChunks>(stage, i);
     mbar_arrive_expect_tx_pred(&stage_full[c], bytes, wl == 0);
     tma_load_4d_pred(stage_base + c * kChunkBytes + wl * box * 128, kmap, &stage_full[c], c * 64,
                      hk, in_page, page, policy, issue);
@@ -587,7 +609,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
       if (i < i0 || i >= i1) continue;
-      const int c = chunk_at(stage, i);
+      const int c = chunk_at<kChunks>(stage, i);
       {
         OPENMLA_PROF_WAIT_BEGIN;
         mbar_wait(&full[stage * 9 + c], parity);
@@ -762,7 +784,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (next0) issue_s(sc, 0, par0n, 0, 4);
         wgmma_commit();  // group B: next S0, chunks 0-3
         wgmma_wait<1>();  // A done: V1_L and P1 (RoPE chunk) are free
-        if (kRefill && has1 && next1) load(1, s, nb1, page1n, 4, kChunks);
+        if (kRefill && has1 && next1) load(1, s, nb1, page1n, L::kG1, kChunks);
         if (next0) issue_s(sc, 0, par0n, 4, kChunks);
         wgmma_commit();  // group C: next S0, chunks 4-8
         wgmma_wait<0>();
@@ -830,7 +852,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         pv_ss(o, 0, 1);
         wgmma_commit();  // group B: P0 V0_R
         wgmma_wait<1>();  // A done: V1_R is free, refill it with stage 1's next block
-        if (kRefill && has1 && next1) load(1, s, nb1, page1n, 0, 4);
+        if (kRefill && has1 && next1) load(1, s, nb1, page1n, 0, L::kG1);
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
