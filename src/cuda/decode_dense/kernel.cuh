@@ -783,7 +783,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma_commit();  // group A: P1 V1_L
         if (next0) issue_s(sc, 0, par0n, 0, 4);
         wgmma_commit();  // group B: next S0, chunks 0-3
-        wgmma_wait<1>();  // A done: V1_L and P1 (RoPE chunk) are free
+        wgmma_wait<1>();  // A done: V1_L is free (and the RoPE chunk, when P1 lives there)
         if (kRefill && has1 && next1) load(1, s, nb1, page1n, L::kG1, kChunks);
         if (next0) issue_s(sc, 0, par0n, 4, kChunks);
         wgmma_commit();  // group C: next S0, chunks 4-8
@@ -851,7 +851,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int c = 4; c < 8; ++c) mbar_wait(&full[c], par0);
         pv_ss(o, 0, 1);
         wgmma_commit();  // group B: P0 V0_R
-        wgmma_wait<1>();  // A done: V1_R is free, refill it with stage 1's next block
+        wgmma_wait<1>();  // A done: V1_R (+ RoPE) is free, refill it with stage 1's next block
         if (kRefill && has1 && next1) load(1, s, nb1, page1n, 0, L::kG1);
         wgmma_wait<0>();
         fence_regs(o);
