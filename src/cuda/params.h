@@ -35,6 +35,22 @@ struct FastDiv {
   uint32_t d, mul, shr;
 };
 
+// Host side: the FastDiv of a divisor d >= 1, and n / d computed the way the kernels do (the CPU
+// tests check it against the plain division).
+inline FastDiv make_fast_div(uint32_t d) {
+  FastDiv f{d, 0, 0};
+  if (d > 1) {
+    uint32_t l = 0;  // ceil(log2 d)
+    while ((uint64_t(1) << l) < d) ++l;
+    f.mul = static_cast<uint32_t>(((uint64_t(1) << (31 + l)) + d - 1) / d);
+    f.shr = l - 1;
+  }
+  return f;
+}
+inline uint32_t fast_div_apply(const FastDiv& f, uint32_t n) {
+  return f.d == 1 ? n : static_cast<uint32_t>((uint64_t(n) * f.mul) >> 32) >> f.shr;
+}
+
 struct DenseDecodeKernelParams {
   const void* q;  // [b, s_q, h_q, d_qk]
   int64_t q_stride_b, q_stride_s, q_stride_h;

@@ -148,18 +148,6 @@ bool make_accum_map(const PlanState& st, int64_t h_kv, CUtensorMap& map) {
   return true;
 }
 
-// The multiply-shift form of n / d (params.h); exact for 0 <= n < 2^31.
-FastDiv make_fast_div(uint32_t d) {
-  FastDiv f{d, 0, 0};
-  if (d > 1) {
-    uint32_t l = 0;  // ceil(log2 d)
-    while ((uint64_t(1) << l) < d) ++l;
-    f.mul = static_cast<uint32_t>(((uint64_t(1) << (31 + l)) + d - 1) / d);
-    f.shr = l - 1;
-  }
-  return f;
-}
-
 int log2_exact(int v) {  // v a power of two
   int l = 0;
   while ((1 << l) < v) ++l;
