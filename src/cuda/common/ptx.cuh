@@ -212,7 +212,8 @@ __device__ __forceinline__ uint64_t opaque(uint64_t x) {
 }
 
 // Four 8x8 b16 matrices from a warp's registers to shared memory (lane l gives the address of
-// row l % 8 of matrix l / 8; register i of lane l holds row l / 4, columns 2 (l % 4), +1 of matrix i).
+// row l % 8 of matrix l / 8; register i of lane l holds row l / 4, columns 2 (l % 4), +1 of
+// matrix i).
 __device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2,
                                             uint32_t r3) {
   asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr),

@@ -4,11 +4,12 @@
 // registers per thread, too few for O (128) plus S of the next block in flight (32). Each
 // warpgroup issues the TMA refills of the chunks it has just finished with.
 //
-// "Seesaw" schedule over pairs of 64-token KV blocks (b0 in stage 0, b1 in stage 1). O = [O_L | O_R]
-// (64 x 256 fp32 each) lives in warpgroup 0 / 1. Warpgroup 0 owns b0, warpgroup 1 owns b1; each
-// computes S = Q K^T of its own block over all 64 tokens (wgmma m64n64k16, operands in shared
-// memory). The running row max m is handed along a chain m -> m0 (wg 0, after b0) -> m1 (wg 1,
-// after b1) -> next pair, so one warpgroup's softmax runs while the other's matrix products do:
+// "Seesaw" schedule over pairs of 64-token KV blocks (b0 in stage 0, b1 in stage 1).
+// O = [O_L | O_R] (64 x 256 fp32 each) lives in warpgroup 0 / 1. Warpgroup 0 owns b0,
+// warpgroup 1 owns b1; each computes S = Q K^T of its own block over all 64 tokens (wgmma
+// m64n64k16, operands in shared memory). The running row max m is handed along a chain
+// m -> m0 (wg 0, after b0) -> m1 (wg 1, after b1) -> next pair, so one warpgroup's softmax runs
+// while the other's matrix products do:
 //   wg 0: m0 = max(m, rowmax S0); P0 = exp(S0 - m0); O_L = O_L * e^(m - m0) + P0 V0_L (P0 from
 //         registers); wait m1; store P0 * e^(m0 - m1) for wg 1; wait P1;
 //         O_L = O_L * e^(m0 - m1) + P1 V1_L, with S0 of the next pair issued behind it.
@@ -22,8 +23,8 @@
 // two groups (each warpgroup's V half, the RoPE chunk with one of them), and each group is
 // refilled with the stage's next block by the warpgroup that used it last, as soon as its wgmma
 // have completed. For d_qk = 576, P0 is written into stage 0's RoPE chunk once S0 is done with it
-// and P1 has a tile of its own (the whole budget is 227 KB; see Smem). Measured history, the rejected
-// variants and the profile of this schedule: docs/benchmarks.md.
+// and P1 has a tile of its own (the whole budget is 227 KB; see Smem). Measured history, the
+// rejected variants and the profile of this schedule: docs/benchmarks.md.
 #pragma once
 
 #include <cuda.h>
@@ -133,7 +134,8 @@ __global__ void dense_decode_prof_print() {
   g_decode_ctas = 0;
   for (int w = 0; w < 2; ++w) {
     const long long* a = g_decode_prof[w];
-    printf("decode-prof wg %d pairs %lld cycles %lld | %lld %lld(+%lld) %lld %lld %lld | s-waits %lld\n",
+    printf("decode-prof wg %d pairs %lld cycles %lld | %lld %lld(+%lld) %lld %lld %lld"
+           " | s-waits %lld\n",
            w, a[8], a[9], a[0], a[6], a[1], a[2], a[3], a[4], a[5]);
   }
 }
@@ -195,7 +197,8 @@ struct Smem {
                                        : kPSep;
   }
   // Stage 1's chunks in load order: warpgroup 1's refill group first (V_R, and the RoPE chunk
-  // when P1 is not there), then warpgroup 0's (V_L, + RoPE otherwise). kG1 = the first group's size.
+  // when P1 is not there), then warpgroup 0's (V_L, + RoPE otherwise). kG1: the first group's
+  // size.
   static constexpr int kG1 = (kRope && !kP1InRope) ? 5 : 4;
 };
 
