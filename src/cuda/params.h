@@ -29,14 +29,14 @@ struct PlanBuffers {
 
 // n / d for 0 <= n < 2^31 and a divisor d >= 1 fixed per launch, as a multiply-high and a
 // shift (round-up reciprocal: mul = ceil(2^(31 + l) / d), l = ceil(log2 d), shr = l - 1; d = 1
-// is passed through). Filled by make_fast_div (launch.cu); the integer division it replaces
-// took ~20 dependent instructions per use in the decode kernel's per-pair block-table math.
+// is passed through). The integer division it replaces took ~20 dependent instructions per use in
+// the decode kernel's per-pair block-table math.
 struct FastDiv {
   uint32_t d, mul, shr;
 };
 
-// Host side: the FastDiv of a divisor d >= 1, and n / d computed the way the kernels do (the CPU
-// tests check it against the plain division).
+// The FastDiv of a divisor d >= 1 (host), and n / d by it: the kernels call fast_div_apply
+// (constexpr, so device code may), the CPU tests check it against the plain division.
 inline FastDiv make_fast_div(uint32_t d) {
   FastDiv f{d, 0, 0};
   if (d > 1) {
@@ -47,7 +47,7 @@ inline FastDiv make_fast_div(uint32_t d) {
   }
   return f;
 }
-inline uint32_t fast_div_apply(const FastDiv& f, uint32_t n) {
+constexpr uint32_t fast_div_apply(const FastDiv& f, uint32_t n) {
   return f.d == 1 ? n : static_cast<uint32_t>((uint64_t(n) * f.mul) >> 32) >> f.shr;
 }
 

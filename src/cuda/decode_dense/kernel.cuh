@@ -168,13 +168,7 @@ enum : int {
 // RoPE chunk once S0 is done with it, and P1 has a tile of its own (the budget has room for one),
 // so stage 1's RoPE chunk is free right after S1 and is refilled together with warpgroup 1's V
 // half (after P1 V1_R) instead of with warpgroup 0's (after P1 V1_L, the stage's last reader).
-// d_qk = 512: two tiles of their own. (OPENMLA_DECODE_EXP=7: both P tiles in the RoPE chunks, as
-// before, for A/B measurements.)
-#if OPENMLA_DECODE_EXP == 7
-inline constexpr bool kP1InRope = true;
-#else
-inline constexpr bool kP1InRope = false;
-#endif
+// d_qk = 512: two tiles of their own.
 template <int kChunks>
 struct Smem {
   static constexpr bool kRope = kChunks == 9;
@@ -182,7 +176,7 @@ struct Smem {
   static constexpr int kK = kChunks * kChunkBytes;
   static constexpr int kStage = kChunks * kChunkBytes;
   static constexpr int kPSep = kK + 2 * kStage;  // P tiles of their own
-  static constexpr int kPSepTiles = kRope ? (kP1InRope ? 0 : 1) : 2;
+  static constexpr int kPSepTiles = kRope ? 1 : 2;
   static constexpr int kRed = kPSep + kPSepTiles * kChunkBytes;
   static constexpr int kM0 = kRed;           // float [2][64] (by pair parity)
   static constexpr int kM1 = kRed + 512;     // float [2][64]
@@ -192,14 +186,11 @@ struct Smem {
   static constexpr int kAlloc = kBytes + 1024;  // + alignment slack for the 1024-B atoms
   static_assert(kAlloc <= 227 * 1024, "shared memory budget");
   __host__ __device__ static constexpr int p_tile(int stage) {
-    return !kRope                        ? kPSep + stage * kChunkBytes
-           : (stage == 0 || kP1InRope) ? kK + stage * kStage + 8 * kChunkBytes
-                                       : kPSep;
+    return !kRope ? kPSep + stage * kChunkBytes : stage == 0 ? kK + 8 * kChunkBytes : kPSep;
   }
-  // Stage 1's chunks in load order: warpgroup 1's refill group first (V_R, and the RoPE chunk
-  // when P1 is not there), then warpgroup 0's (V_L, + RoPE otherwise). kG1: the first group's
-  // size.
-  static constexpr int kG1 = (kRope && !kP1InRope) ? 5 : 4;
+  // Stage 1's chunks in load order: warpgroup 1's refill group first (V_R, + RoPE), then
+  // warpgroup 0's (V_L). kG1: the first group's size.
+  static constexpr int kG1 = kRope ? 5 : 4;
 };
 
 // Order in which stage `stage`'s chunks are loaded and consumed by S: the group refilled first
@@ -209,8 +200,8 @@ template <int kChunks>
 __device__ __forceinline__ int chunk_at(int stage, int i) {
   if (stage == 0) return i;
   if (i < 4) return i + 4;
-  if (Smem<kChunks>::kG1 == 5) return i == 4 ? 8 : i - 5;
-  return i < 8 ? i - 4 : i;
+  if (Smem<kChunks>::kRope) return i == 4 ? 8 : i - 5;
+  return i - 4;
 }
 
 struct Segment {
@@ -476,9 +467,14 @@ __device__ __forceinline__ void zero_v_tail(uint8_t* stage_base, int valid, int 
   fence_proxy_async();
 }
 
-// n / f.d (FastDiv, params.h) for 0 <= n < 2^31.
-__device__ __forceinline__ int fast_div(const FastDiv& f, int n) {
-  return f.d == 1 ? n : static_cast<int>(__umulhi(static_cast<uint32_t>(n), f.mul) >> f.shr);
+// n / page_size for 0 <= n < 2^31 (FastDiv, params.h).
+__device__ __forceinline__ int page_of(const DenseDecodeKernelParams& p, int n) {
+  return static_cast<int>(fast_div_apply(p.page_div, static_cast<uint32_t>(n)));
+}
+
+// Boxes of block `blk` that hold tokens below `len` (boxes of p.box_tokens, a power of two).
+__device__ __forceinline__ int block_boxes(const DenseDecodeKernelParams& p, int len, int blk) {
+  return (min(64, len - blk * 64) + p.box_tokens - 1) >> p.box_shift;
 }
 
 // The page holding box `wl` of block `blk` of segment `s` (one box per run of gcd(page_size, 64)
@@ -490,8 +486,8 @@ __device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const 
                                         int blk, int wl) {
   const int box = p.box_tokens;
   const int tok0 = blk * 64;
-  const int nbox = (min(64, s.len - tok0) + box - 1) >> p.box_shift;
-  const int page_idx = fast_div(p.page_div, tok0 + wl * box);
+  const int nbox = block_boxes(p, s.len, blk);
+  const int page_idx = page_of(p, tok0 + wl * box);
   const bool in_table = wl < nbox && page_idx < p.max_pages;
   const int32_t* entry = p.block_table + static_cast<int64_t>(s.req) * p.bt_stride +
                          (in_table ? page_idx : 0);
@@ -512,10 +508,10 @@ __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
                                             uint64_t policy) {
   const int box = p.box_tokens;
   const int tok0 = blk * 64;
-  const int nbox = (min(64, s.len - tok0) + box - 1) >> p.box_shift;
+  const int nbox = block_boxes(p, s.len, blk);
   const int t = tok0 + wl * box;
   const bool issue = wl < nbox;
-  const int in_page = t - fast_div(p.page_div, t) * p.page_size;
+  const int in_page = t - page_of(p, t) * p.page_size;
   const uint32_t bytes = static_cast<uint32_t>(nbox * box * 128);
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
@@ -633,7 +629,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
 
   int fills0 = 0, fills1 = 0;  // completed fills of each stage (full-barrier parities)
-  int pair_no = 0;             // pairs done (parity of the row-max hand-over buffers)
   uint32_t q_par = 0;          // the Q barrier's parity (TMA path)
   for_each_segment(p, part, [&](const Segment& seg) {
     const Segment s = uniform_segment(seg);
@@ -686,27 +681,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int blk = s.blk_lo; blk < s.blk_hi; blk += 2) {
       // Row maxima are handed over in buffers that alternate by pair, so a value is never
       // rewritten while the previous pair's reader may still be reading it.
-      float* m0_buf = s_m0 + 64 * (pair_no & 1);
-      float* m1_buf = s_m1 + 64 * (pair_no & 1);
-      ++pair_no;
+      float* m0_buf = s_m0 + 64 * (fills0 & 1);
+      float* m1_buf = s_m1 + 64 * (fills0 & 1);
       const bool has1 = blk + 1 < s.blk_hi;
       const bool next0 = blk + 2 < s.blk_hi, next1 = blk + 3 < s.blk_hi;
       // Pages of the next pair's blocks, for the refills issued during this pair.
-#if OPENMLA_DECODE_EXP == 1  // dev experiment: refills re-read the segment's first pair (L2 hot)
-      const int nb0 = s.blk_lo, nb1 = s.blk_lo + 1;
-#else
-      const int nb0 = blk + 2, nb1 = blk + 3;
-#endif
-#if OPENMLA_DECODE_EXP == 2  // dev experiment: no refills; later pairs wait on the first's phase
-      constexpr bool kRefill = false;
-      const int lag = blk == s.blk_lo ? 0 : 1;
-#else
-      constexpr bool kRefill = true;
-      constexpr int lag = 0;
-#endif
-      const uint32_t par0 = (fills0 + lag) & 1, par1 = (fills1 + lag) & 1;
-      const int page0n = box_page(p, s, next0 ? nb0 : blk, wl);
-      const int page1n = box_page(p, s, next1 ? nb1 : blk, wl);
+      const uint32_t par0 = fills0 & 1, par1 = fills1 & 1;
+      const int page0n = box_page(p, s, next0 ? blk + 2 : blk, wl);
+      const int page1n = box_page(p, s, next1 ? blk + 3 : blk, wl);
       uint32_t pa[16];
       float mx[2], rs[2], m0[2], m1[2], f0[2], f1[2];
       if (wg == 0) {
@@ -765,14 +747,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
-        if (kRefill && next0) load(0, s, nb0, page0n, 0, 4);  // V0_L is free: refill it
+        if (next0) load(0, s, blk + 2, page0n, 0, 4);  // V0_L is free: refill it
         OPENMLA_PROF_MARK(3);
         // O_L = O_L * e^(m0 - m1) + P1 V1_L, and behind it the next pair's S0: chunks 0-3 (refilled
         // after P0 V0_L) are issued while P1 V1_L runs, chunks 4-8 once V1_L is refilled.
         // Commits and waits are unconditional (empty groups where there is nothing to do): with
         // waits under runtime branches ptxas cannot follow the wgmma pipeline and serializes
         // every wgmma of the kernel (C7515).
-        const uint32_t par0n = kRefill ? (fills0 + 1) & 1 : par0;
+        const uint32_t par0n = (fills0 + 1) & 1;
         named_barrier(kBarP1, kThreads);
         if (has1) {
           scale_o_if(o, f1);
@@ -787,7 +769,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (next0) issue_s(sc, 0, par0n, 0, 4);
         wgmma_commit();  // group B: next S0, chunks 0-3
         wgmma_wait<1>();  // A done: V1_L is free (and the RoPE chunk, when P1 lives there)
-        if (kRefill && has1 && next1) load(1, s, nb1, page1n, L::kG1, kChunks);
+        if (has1 && next1) load(1, s, blk + 3, page1n, L::kG1, kChunks);
         if (next0) issue_s(sc, 0, par0n, 4, kChunks);
         wgmma_commit();  // group C: next S0, chunks 4-8
         wgmma_wait<0>();
@@ -855,17 +837,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         pv_ss(o, 0, 1);
         wgmma_commit();  // group B: P0 V0_R
         wgmma_wait<1>();  // A done: V1_R (+ RoPE) is free, refill it with stage 1's next block
-        if (kRefill && has1 && next1) load(1, s, nb1, page1n, 0, L::kG1);
+        if (has1 && next1) load(1, s, blk + 3, page1n, 0, L::kG1);
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(pa);
         // V0_R and P0 (RoPE chunk) are free
-        if (kRefill && next0) load(0, s, nb0, page0n, 4, kChunks);
+        if (next0) load(0, s, blk + 2, page0n, 4, kChunks);
       }
-      if (kRefill || blk == s.blk_lo) {
-        ++fills0;
-        if (has1) ++fills1;
-      }
+      ++fills0;
+      if (has1) ++fills1;
     }
     OPENMLA_PROF_STAMP(6);
     // ---- epilogue: total row sums across both warpgroups, normalize, store ----

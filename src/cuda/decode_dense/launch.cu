@@ -186,7 +186,8 @@ void dense_decode(const DenseDecodeParams& p) {
                                static_cast<uint64_t>(p.k_cache.strides[1] * 2),
                                static_cast<uint64_t>(p.k_cache.strides[0] * 2)};
   // Boxes of up to 64 tokens that never straddle a page: blocks start at multiples of 64.
-  const int box_tokens = std::gcd(static_cast<int>(std::min<int64_t>(page_size, 1 << 30)), 64);
+  const int page_tokens = static_cast<int>(std::min<int64_t>(page_size, 1 << 30));
+  const int box_tokens = std::gcd(page_tokens, 64);
   const uint32_t box[4] = {64, 1, static_cast<uint32_t>(box_tokens), 1};
   const auto dtype = fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   const CUtensorMap map = make_tensor_map_4d("k_cache", p.k_cache.data, dtype, dims, strides, box);
@@ -212,7 +213,7 @@ void dense_decode(const DenseDecodeParams& p) {
   kp.num_pages = static_cast<int>(num_pages);
   kp.page_size = static_cast<int>(page_size);
   kp.box_tokens = box_tokens;
-  kp.page_div = make_fast_div(static_cast<uint32_t>(std::min<int64_t>(page_size, 1 << 30)));
+  kp.page_div = make_fast_div(static_cast<uint32_t>(page_tokens));
   kp.box_shift = log2_exact(box_tokens);
   kp.batch = static_cast<int>(b);
   kp.s_q = static_cast<int>(s_q);
