@@ -25,7 +25,15 @@ struct PlanBuffers {
   int num_parts;
   int max_split_reqs;  // min(b, num_parts - 1), at least 1: grid.x of the combine
   int accum_slots;  // 2 * (num_parts - 1): bound on the pieces of split requests
+  // Small batches (plan.cu, kInlinePlanMaxBatch): no planner launch; warp 0 of every attention
+  // CTA computes its part's schedule from the lengths (the planner's arithmetic with fixed cost
+  // fixed_cost, schedule/inline_plan.cuh) and the combine its cut requests the same way. meta,
+  // num_splits, accum_offset and split_reqs are then unused.
+  int inline_plan;
+  int fixed_cost;
 };
+// Largest batch planned inside the attention kernel (one lane per request).
+inline constexpr int kInlinePlanMaxBatch = 8;
 
 // n / d for 0 <= n < 2^31 and a divisor d >= 1 fixed per launch, as a multiply-high and a
 // shift (round-up reciprocal: mul = ceil(2^(31 + l) / d), l = ceil(log2 d), shr = l - 1; d = 1

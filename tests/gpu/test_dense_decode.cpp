@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -142,6 +144,28 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
   });
   EXPECT_TRUE(same_o) << "out differs between two identical runs";
   EXPECT_TRUE(same_l) << "lse differs between two identical runs";
+
+  // Batches of at most 8 are planned inside the attention kernel (no planner launch); the planner
+  // kernel (forced by the development switch at plan creation) must give the same schedule, so
+  // the same bits.
+  if (c.b <= 8) {
+    setenv("OPENMLA_DECODE_NO_INLINE_PLAN", "1", 1);
+    DecodePlan planner_plan(cuda_device(0), cfg);
+    unsetenv("OPENMLA_DECODE_NO_INLINE_PLAN");
+    dout.poison();
+    dlse.poison();
+    planner_plan.update(dseq.view);
+    dense_decode(decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view, dlse.view,
+                               c.causal, &planner_plan));
+    sync_device();
+    HostTensor out3 = dout.to_host(out), lse3 = dlse.to_host(lse);
+    int diff = 0;
+    out.for_each(
+        [&](int64_t o) { diff += memcmp(&out.storage[o * 2], &out3.storage[o * 2], 2) != 0; });
+    lse.for_each(
+        [&](int64_t o) { diff += memcmp(&lse.storage[o * 4], &lse3.storage[o * 4], 4) != 0; });
+    EXPECT_EQ(diff, 0) << "inline plan and planner kernel differ in " << diff << " elements";
+  }
 }
 
 // With DecodePlanConfig::batch_invariant, a request's bits do not depend on its neighbours: the

@@ -35,6 +35,7 @@
 #include "cuda/common/wgmma_gen.cuh"
 #include "cuda/decode_dense/rows.cuh"
 #include "cuda/params.h"
+#include "cuda/schedule/inline_plan.cuh"
 
 namespace openmla::sm90::dense_decode_detail {
 
@@ -182,7 +183,8 @@ struct Smem {
   static constexpr int kM1 = kRed + 512;     // float [2][64]
   static constexpr int kSum = kRed + 1024;   // float [2][64]
   static constexpr int kBars = kRed + 1536;  // uint64 full[2][9], then the Q tile's barrier
-  static constexpr int kBytes = kBars + 19 * 8;
+  static constexpr int kTab = kBars + 19 * 8;  // int [16]: an inline plan's table
+  static constexpr int kBytes = kTab + 64;
   static constexpr int kAlloc = kBytes + 1024;  // + alignment slack for the 1024-B atoms
   static_assert(kAlloc <= 227 * 1024, "shared memory budget");
   __host__ __device__ static constexpr int p_tile(int stage) {
@@ -209,11 +211,68 @@ struct Segment {
   bool last;  // the part's last segment
 };
 
-// Walks the segments (one per request touched) of schedule part `part`.
+// Inline plans (PlanBuffers::inline_plan, small batches): warp 0 of each CTA computes its part's
+// schedule at the kernel's start (inline_plan_table, lane k: entry k) into a 16-int table in
+// shared memory: entries 0-5 the planner's meta for the part (PlanMeta order), entry
+// kTableSplit + i request i's pieces << 16 | first accumulator slot (both < 2^16).
+constexpr int kTableSplit = 8;
+
+__device__ __forceinline__ int inline_plan_table(const DenseDecodeKernelParams& p, int part) {
+  const int lane = threadIdx.x % 32, b = p.batch, fc = p.plan.fixed_cost;
+  const LanePlan r = lane_plan(p);
+  // First request whose last part is >= part, last whose first part is <= part (both
+  // non-decreasing over the requests).
+  const unsigned ge = __ballot_sync(0xffffffff, r.own && r.l >= part);
+  const unsigned le = __ballot_sync(0xffffffff, r.own && r.f <= part);
+  const int first = ge ? __ffs(ge) - 1 : b;
+  const int last = max(first, le ? 32 - __clz(le) : 0) - 1;
+  const int src = min(first, b - 1), dst = max(last, 0);
+  const int first_len = __shfl_sync(0xffffffff, r.len, src);
+  const int first_prefix = __shfl_sync(0xffffffff, r.prefix, src);
+  const int first_fp = __shfl_sync(0xffffffff, r.f, src);
+  const int last_prefix = __shfl_sync(0xffffffff, r.prefix, dst);
+  const int last_cost = __shfl_sync(0xffffffff, r.cost, dst);
+  const int last_lp = __shfl_sync(0xffffffff, r.l, dst);
+  const int info = __shfl_sync(0xffffffff, (r.pieces << 16) | r.acc0, lane & 7);
+  const bool empty = first > last;
+  const int per = r.per;
+  switch (lane) {
+    case kBeginReq: return first;
+    case kLastReq: return last;
+    case kBeginLen: return empty ? 0 : first_len;
+    case kBeginBlk: return empty || part == first_fp ? 0 : part * per - first_prefix - fc;
+    case kBeginSplit: return empty ? 0 : part - first_fp;
+    case kLastBlkEnd:
+      return empty ? 0 : part == last_lp ? last_cost - fc : (part + 1) * per - last_prefix - fc;
+    default: return lane >= kTableSplit && lane < kTableSplit + 8 ? info : 0;
+  }
+}
+
+// Warp 0 of an inline-plan CTA fills its table (the caller then syncs the CTA).
+__device__ __forceinline__ void fill_plan_table(const DenseDecodeKernelParams& p, int part,
+                                                int* s_tab) {
+  if (p.plan.inline_plan && threadIdx.x < 32) {
+    const int t = inline_plan_table(p, part);
+    if (threadIdx.x < 16) s_tab[threadIdx.x] = t;
+  }
+}
+
+// The split entries of request `req` for the epilogue: pieces and first accumulator slot.
+__device__ __forceinline__ int plan_num_splits(const DenseDecodeKernelParams& p, const int* s_tab,
+                                               int req) {
+  return p.plan.inline_plan ? s_tab[kTableSplit + req] >> 16 : p.plan.num_splits[req];
+}
+__device__ __forceinline__ int plan_accum_offset(const DenseDecodeKernelParams& p,
+                                                 const int* s_tab, int req) {
+  return p.plan.inline_plan ? s_tab[kTableSplit + req] & 0xffff : p.plan.accum_offset[req];
+}
+
+// Walks the segments (one per request touched) of schedule part `part` (its meta: the planner's
+// in global memory, or an inline plan's table in shared memory).
 template <class F>
 __device__ __forceinline__ void for_each_segment(const DenseDecodeKernelParams& p, int part,
-                                                 F&& f) {
-  const int32_t* m = p.plan.meta + part * kPlanMetaInts;
+                                                 const int* s_tab, F&& f) {
+  const int32_t* m = p.plan.inline_plan ? s_tab : p.plan.meta + part * kPlanMetaInts;
   const int begin_req = m[kBeginReq], last_req = m[kLastReq];
   for (int req = begin_req; req <= last_req && req < p.batch; ++req) {
     const int len = req == begin_req ? m[kBeginLen] : max(0, p.seqlens[req * p.seqlens_stride]);
@@ -541,6 +600,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* s_m0 = reinterpret_cast<float*>(smem + L::kM0);
   float* s_m1 = reinterpret_cast<float*>(smem + L::kM1);
   float* s_sum = reinterpret_cast<float*>(smem + L::kSum);
+  int* s_tab = reinterpret_cast<int*>(smem + L::kTab);
 
   const int m_block = blockIdx.x, hk = blockIdx.y, part = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -554,6 +614,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < 19; ++i) mbar_init(&full[i], 1);
     mbar_fence_init();
   }
+  fill_plan_table(p, part, s_tab);
   __syncthreads();
 
   // Each block is read by the m_blocks CTAs of its request at about the same time, then never
@@ -630,7 +691,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   int fills0 = 0, fills1 = 0;  // completed fills of each stage (full-barrier parities)
   uint32_t q_par = 0;          // the Q barrier's parity (TMA path)
-  for_each_segment(p, part, [&](const Segment& seg) {
+  for_each_segment(p, part, s_tab, [&](const Segment& seg) {
     const Segment s = uniform_segment(seg);
     OPENMLA_PROF_STAMP_FIRST(1);
     // The block-table entry of this warpgroup's first block is requested before the Q copies
@@ -863,7 +924,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
     OPENMLA_PROF_STAMP(7);
     OPENMLA_PROF_STAMP_FIRST(9);
-    const int nsplit = p.plan.num_splits[s.req];
+    const int nsplit = plan_num_splits(p, s_tab, s.req);
     // Tiles of segments that another segment follows go through the copy engine (p.o_tma /
     // p.a_tma): staged in the K stages (free here: every wgmma is done and the last pair issued
     // no refills) as 128B-swizzled boxes of 64 rows, the out tile as 8 boxes of 64 bf16/fp16,
@@ -871,7 +932,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // 64-128 KB of thread stores (b=128 h_q=128 s_q=2 s_k=4096: -2 %); the part's last segment
     // stores from registers (staging would only lengthen the kernel's end: b=8 +1.3 us).
     const bool direct = nsplit <= 1;
-    const int acc0 = direct ? 0 : p.plan.accum_offset[s.req];  // first accumulator slot
+    const int acc0 = direct ? 0 : plan_accum_offset(p, s_tab, s.req);  // first slot
     const bool via_tma = !s.last && (direct ? p.o_tma != 0 : p.a_tma != 0);
     uint8_t* tile = smem + L::kK;
 #pragma unroll

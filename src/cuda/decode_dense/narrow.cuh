@@ -37,10 +37,11 @@ struct NarrowSmem {
   static constexpr int kSum = kRed + 2 * 4 * kN * 4;  // float [4][kN]: row sums (epilogue)
   static constexpr int kRing = align_up(kSum + 4 * kN * 4, 1024);
   static constexpr int kBudget = 227 * 1024 - 1024;  // minus the alignment slack
-  static constexpr int kSlots = (kBudget - 8 - kRing) / (kChunkBytes + 16);
+  static constexpr int kSlots = (kBudget - 8 - 64 - kRing) / (kChunkBytes + 16);
   // uint64 full[kSlots], empty[kSlots], then the Q tile's barrier (TMA path)
   static constexpr int kBars = kRing + kSlots * kChunkBytes;
-  static constexpr int kBytes = kBars + 2 * kSlots * 8 + 8;
+  static constexpr int kTab = kBars + 2 * kSlots * 8 + 8;  // int [16]: an inline plan's table
+  static constexpr int kBytes = kTab + 64;
   static constexpr int kAlloc = kBytes + 1024;
   static_assert(kAlloc <= 227 * 1024, "shared memory budget");
   static_assert(kSlots >= 2 * kChunks, "the ring must hold two blocks");
@@ -90,6 +91,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBars);
   uint64_t* empty = full + L::kSlots;
   uint64_t* q_full = empty + L::kSlots;
+  int* s_tab = reinterpret_cast<int*>(smem + L::kTab);
   const int hk = blockIdx.y, part = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int wg = __shfl_sync(0xffffffff, warp / 4, 0);
@@ -103,6 +105,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     mbar_init(q_full, 1);
     mbar_fence_init();
   }
+  fill_plan_table(p, part, s_tab);
   __syncthreads();
 
   if (wg == 1) {
@@ -119,7 +122,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
       ++count;
       return slot;
     };
-    for_each_segment(p, part, [&](const Segment& seg) {
+    for_each_segment(p, part, s_tab, [&](const Segment& seg) {
       const Segment s = uniform_segment(seg);
       const int req = s.req, len = s.len, blk_lo = s.blk_lo, blk_hi = s.blk_hi;
       const int32_t* table = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
@@ -208,11 +211,11 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
   uint32_t count = 0;  // chunks consumed so far (the producer's sequence)
   uint32_t q_par = 0;  // the Q barrier's parity (TMA path)
   const uint64_t policy_q = l2_policy_evict_last();
-  for_each_segment(p, part, [&](const Segment& seg) {
+  for_each_segment(p, part, s_tab, [&](const Segment& seg) {
     const Segment s = uniform_segment(seg);
     // The epilogue's plan entries, loaded now (their latency was on the epilogue's path).
-    const int nsplit = p.plan.num_splits[s.req];
-    const int acc0 = p.plan.accum_offset[s.req];
+    const int nsplit = plan_num_splits(p, s_tab, s.req);
+    const int acc0 = plan_accum_offset(p, s_tab, s.req);
     // ---- Q tile: the kN query rows of this KV head (zero rows past p.rows) ----
     {
       if (p.q_tma) {

@@ -10,6 +10,7 @@
 #include "cuda/common/launch.h"
 #include "cuda/common/ptx.cuh"
 #include "cuda/decode_dense/rows.cuh"
+#include "cuda/schedule/inline_plan.cuh"
 #include "cuda/schedule/plan.h"
 
 namespace openmla::sm90 {
@@ -429,13 +430,27 @@ __global__ void __launch_bounds__(kCombineWideThreads) combine_wide_kernel(Dense
   __shared__ float s_red[2][kCombineWideThreads / 32];
   grid_dependency_wait();  // the attention kernel's partial results
   const int t = threadIdx.x, lane = t % 32, warp = t / 32;
-  const int hk = blockIdx.z;
-  const int n_cut = *p.plan.num_split_reqs;
+  const int hk = blockIdx.z, c = blockIdx.x;
+  // CTA column c merges cut request c: there are at most min(b, num_parts - 1) = gridDim.x of
+  // them (a cut request spans at least one boundary between consecutive parts, and no two share
+  // one). Inline plans (small batches, no planner ran) take it from the lengths, every warp the
+  // same; else from the planner's list. (Out of the row loop: read there, behind that branch,
+  // it made this kernel 16 -> 26 us at b=1, ncu.)
+  int4 cut;
+  if (p.plan.inline_plan) {
+    const LanePlan lp = lane_plan(p);
+    if (c >= __shfl_sync(0xffffffff, lp.cut_rank, 31)) return;
+    const int src = __ffs(__ballot_sync(0xffffffff, lp.cut && lp.cut_rank == c + 1)) - 1;
+    cut = make_int4(src, __shfl_sync(0xffffffff, lp.pieces, src),
+                    __shfl_sync(0xffffffff, lp.acc0, src), 0);
+  } else {
+    if (c >= *p.plan.num_split_reqs) return;
+    cut = *reinterpret_cast<const int4*>(p.plan.split_reqs + 4 * c);
+  }
   const int64_t piece_stride = static_cast<int64_t>(p.h_kv) * p.rows;  // in slots
   for (int row = blockIdx.y; row < p.rows; row += gridDim.y) {
     const QueryRow qr = query_row(p, hk, row);
-    for (int c = blockIdx.x; c < n_cut; c += gridDim.x) {
-      const int4 cut = *reinterpret_cast<const int4*>(p.plan.split_reqs + 4 * c);
+    {
       const int req = cut.x, n = min(cut.y, kMaxPieces);
       const int64_t slot0 = (static_cast<int64_t>(cut.z) * p.h_kv + hk) * p.rows + row;
       const float* lse_in = p.plan.lse_accum + slot0;
@@ -476,7 +491,7 @@ __global__ void __launch_bounds__(kCombineWideThreads) combine_wide_kernel(Dense
           add_weighted(acc, kb + k < n ? s_w[kb + k] : 0.0f, v[k]);
       }
       store_merged(p, req, qr, 4 * t, acc, inv, lse, t == 0);
-      __syncthreads();  // s_w and s_red are rewritten for the next cut request
+      __syncthreads();  // s_w and s_red are rewritten for the next row
     }
   }
 }
@@ -501,6 +516,11 @@ void plan_create(DecodePlan::Impl& impl) {
   st->buf.num_parts = std::max(1, sms / ctas_per_part);
   st->buf.accum_slots = 2 * (st->buf.num_parts - 1);
   st->buf.max_split_reqs = std::max(1, std::min(std::max(c.batch, 1), st->buf.num_parts - 1));
+  st->buf.fixed_cost = uses_narrow_kernel(st->rows) ? kFixedCostNarrow : kFixedCostMain;
+  // Small batches are planned inside the attention kernel (PlanBuffers::inline_plan): one launch
+  // less per call. OPENMLA_DECODE_NO_INLINE_PLAN=1 keeps the planner (development A/B).
+  st->buf.inline_plan = !c.batch_invariant && c.batch <= kInlinePlanMaxBatch &&
+                        !env_flag("OPENMLA_DECODE_NO_INLINE_PLAN");
   if (2 * st->buf.num_parts > kMaxPieces)
     throw Error("config.num_sms", "more than " + std::to_string(kMaxPieces / 2) +
                                       " schedule parts are not supported");
@@ -553,10 +573,13 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
     throw Error("plan",
                 "sparse decode plans are not implemented on CUDA yet (sparse decode issue)");
   if (impl.config.batch == 0) return;
+  if (st->buf.inline_plan) {  // the attention kernel plans (PlanBuffers::inline_plan)
+    st->updated = true;
+    return;
+  }
   launch_pdl(false, planner_kernel, dim3(1), dim3(kPlannerThreads), 0, static_cast<cudaStream_t>(stream),
              static_cast<const int32_t*>(cache_seqlens.data), cache_seqlens.strides[0],
-             impl.config.batch, impl.config.batch_invariant ? 1 : 0,
-             uses_narrow_kernel(st->rows) ? kFixedCostNarrow : kFixedCostMain, st->buf,
+             impl.config.batch, impl.config.batch_invariant ? 1 : 0, st->buf.fixed_cost, st->buf,
              st->scratch);
 #if defined(OPENMLA_DECODE_PROFILE)
   planner_prof_print<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>();
@@ -566,6 +589,8 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
 
 void launch_combine(const DenseDecodeKernelParams& p, cudaStream_t stream) {
   if (p.plan.num_parts <= 1) return;  // nothing is ever split
+  static_assert(kInlinePlanMaxBatch <= kCombineWideMaxReqs,
+                "inline plans (no split_reqs list) are merged by the wide kernel");
   if (p.plan.max_split_reqs <= kCombineWideMaxReqs) {
     dim3 grid(p.plan.max_split_reqs, std::min(p.rows, 65535), p.h_kv);
     launch_pdl(true, combine_wide_kernel, grid, dim3(kCombineWideThreads), 0, stream, p);
