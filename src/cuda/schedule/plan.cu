@@ -417,19 +417,25 @@ __global__ void __launch_bounds__(kRowCombineThreads, kRowCombineCtasPerSm)
 }
 
 // Few cut requests in many pieces (small batches: the planner spreads one request over the
-// whole GPU): one CTA of 128 threads per (cut request, query row), thread t merging dims 4t ..
-// 4t+3, the pieces' lse staged in shared memory (one round trip) and 16 partial-output loads in
-// flight per thread (b <= 8: ~1 us less per call than the kernel above; at b=128 its 122
-// registers per thread leave too few warps per SM for the volume, 10 % slower there).
-constexpr int kCombineWideThreads = 128;
+// whole GPU): one CTA per (cut request, query row). The pieces' lse are staged in shared memory
+// (one round trip); kGroups groups of 128 threads each take every kGroups-th piece, thread t of
+// a group dims 4t .. 4t+3 with up to 16 partial-output loads in flight, and group 0 adds the
+// other groups' sums in a fixed order. Four groups when the grid is at most one CTA per SM (b=1:
+// 23.3 -> 20.0 us per call, one round trip of loads for up to 64 pieces), else one (b=8 with four:
+// 43.4 -> 55.2 us, too many threads).
 constexpr int kCombineWideMaxReqs = 8;  // cut requests at most for the wide kernel
 constexpr int kCombineWideBatch = 16;
 
-__global__ void __launch_bounds__(kCombineWideThreads) combine_wide_kernel(DenseDecodeKernelParams p) {
+template <int kGroups>
+__global__ void __launch_bounds__(kGroups * 128) combine_wide_kernel(DenseDecodeKernelParams p) {
+  constexpr int kCombineWideThreads = kGroups * 128;
+  constexpr int kCombineWideGroups = kGroups;
+  constexpr int kCombineWideWarps = kCombineWideThreads / 32;
   __shared__ float s_w[kMaxPieces];
-  __shared__ float s_red[2][kCombineWideThreads / 32];
+  __shared__ float s_red[2][kCombineWideWarps];
+  __shared__ float4 s_acc[kCombineWideGroups > 1 ? kCombineWideGroups - 1 : 1][128];
   grid_dependency_wait();  // the attention kernel's partial results
-  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32, grp = t / 128, tg = t % 128;
   const int hk = blockIdx.z, c = blockIdx.x;
   // CTA column c merges cut request c: there are at most min(b, num_parts - 1) = gridDim.x of
   // them (a cut request spans at least one boundary between consecutive parts, and no two share
@@ -447,52 +453,71 @@ __global__ void __launch_bounds__(kCombineWideThreads) combine_wide_kernel(Dense
     if (c >= *p.plan.num_split_reqs) return;
     cut = *reinterpret_cast<const int4*>(p.plan.split_reqs + 4 * c);
   }
+  const int req = cut.x, n = min(cut.y, kMaxPieces);
   const int64_t piece_stride = static_cast<int64_t>(p.h_kv) * p.rows;  // in slots
+  const uint64_t drop = l2_policy_evict_first();  // (see combine_kernel)
   for (int row = blockIdx.y; row < p.rows; row += gridDim.y) {
     const QueryRow qr = query_row(p, hk, row);
-    {
-      const int req = cut.x, n = min(cut.y, kMaxPieces);
-      const int64_t slot0 = (static_cast<int64_t>(cut.z) * p.h_kv + hk) * p.rows + row;
-      const float* lse_in = p.plan.lse_accum + slot0;
-      float mx = -INFINITY;
-      for (int k = t; k < n; k += kCombineWideThreads) {
-        const float v = lse_in[k * piece_stride];
-        s_w[k] = v;
-        mx = fmaxf(mx, v);
-      }
-      for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
-      if (lane == 0) s_red[0][warp] = mx;
-      __syncthreads();
-      mx = fmaxf(fmaxf(s_red[0][0], s_red[0][1]), fmaxf(s_red[0][2], s_red[0][3]));
-      const bool empty = mx == -INFINITY;
-      float sum = 0.0f;
-      for (int k = t; k < n; k += kCombineWideThreads) {
-        const float w = empty ? 0.0f : expf(s_w[k] - mx);
-        s_w[k] = w;
-        sum += w;
-      }
-      for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
-      if (lane == 0) s_red[1][warp] = sum;
-      __syncthreads();
-      sum = (s_red[1][0] + s_red[1][1]) + (s_red[1][2] + s_red[1][3]);
-      float inv, lse;
-      merged_inv_lse(mx, sum, inv, lse);
-      const float* o_in = p.plan.o_accum + slot0 * 512 + 4 * t;
-      const uint64_t drop = l2_policy_evict_first();  // (see combine_kernel)
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      for (int kb = 0; kb < n; kb += kCombineWideBatch) {
-        float4 v[kCombineWideBatch];
-#pragma unroll
-        for (int k = 0; k < kCombineWideBatch; ++k)
-          v[k] = kb + k < n ? ld_global_hint(o_in + (kb + k) * piece_stride * 512, drop)
-                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-        for (int k = 0; k < kCombineWideBatch; ++k)
-          add_weighted(acc, kb + k < n ? s_w[kb + k] : 0.0f, v[k]);
-      }
-      store_merged(p, req, qr, 4 * t, acc, inv, lse, t == 0);
-      __syncthreads();  // s_w and s_red are rewritten for the next row
+    const int64_t slot0 = (static_cast<int64_t>(cut.z) * p.h_kv + hk) * p.rows + row;
+    const float* lse_in = p.plan.lse_accum + slot0;
+    float mx = -INFINITY;
+    for (int k = t; k < n; k += kCombineWideThreads) {
+      const float v = lse_in[k * piece_stride];
+      s_w[k] = v;
+      mx = fmaxf(mx, v);
     }
+    for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+    if (lane == 0) s_red[0][warp] = mx;
+    __syncthreads();
+    mx = s_red[0][0];
+#pragma unroll
+    for (int w = 1; w < kCombineWideWarps; ++w) mx = fmaxf(mx, s_red[0][w]);
+    const bool empty = mx == -INFINITY;
+    float sum = 0.0f;
+    for (int k = t; k < n; k += kCombineWideThreads) {
+      const float w = empty ? 0.0f : expf(s_w[k] - mx);
+      s_w[k] = w;
+      sum += w;
+    }
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffff, sum, o);
+    if (lane == 0) s_red[1][warp] = sum;
+    __syncthreads();
+    sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kCombineWideWarps; ++w) sum += s_red[1][w];
+    float inv, lse;
+    merged_inv_lse(mx, sum, inv, lse);
+    // This group's pieces grp, grp + 4, ...
+    const float* o_in = p.plan.o_accum + slot0 * 512 + 4 * tg;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int kb = grp; kb < n; kb += kCombineWideGroups * kCombineWideBatch) {
+      float4 v[kCombineWideBatch];
+#pragma unroll
+      for (int k = 0; k < kCombineWideBatch; ++k) {
+        const int piece = kb + k * kCombineWideGroups;
+        v[k] = piece < n ? ld_global_hint(o_in + piece * piece_stride * 512, drop)
+                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int k = 0; k < kCombineWideBatch; ++k) {
+        const int piece = kb + k * kCombineWideGroups;
+        add_weighted(acc, piece < n ? s_w[piece] : 0.0f, v[k]);
+      }
+    }
+    if (grp > 0) s_acc[grp - 1][tg] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    __syncthreads();
+    if (grp == 0) {
+#pragma unroll
+      for (int g = 0; g < kCombineWideGroups - 1; ++g) {
+        const float4 x = s_acc[g][tg];
+        acc[0] += x.x;
+        acc[1] += x.y;
+        acc[2] += x.z;
+        acc[3] += x.w;
+      }
+      store_merged(p, req, qr, 4 * tg, acc, inv, lse, tg == 0);
+    }
+    __syncthreads();  // s_w, s_red and s_acc are rewritten for the next row
   }
 }
 
@@ -593,7 +618,11 @@ void launch_combine(const DenseDecodeKernelParams& p, cudaStream_t stream) {
                 "inline plans (no split_reqs list) are merged by the wide kernel");
   if (p.plan.max_split_reqs <= kCombineWideMaxReqs) {
     dim3 grid(p.plan.max_split_reqs, std::min(p.rows, 65535), p.h_kv);
-    launch_pdl(true, combine_wide_kernel, grid, dim3(kCombineWideThreads), 0, stream, p);
+    const int64_t ctas = int64_t(grid.x) * grid.y * grid.z;
+    if (ctas <= int64_t(p.plan.num_parts) * p.m_blocks * p.h_kv)  // <= the attention grid
+      launch_pdl(true, combine_wide_kernel<4>, grid, dim3(4 * 128), 0, stream, p);
+    else
+      launch_pdl(true, combine_wide_kernel<1>, grid, dim3(128), 0, stream, p);
     return;
   }
   const int64_t items_max = int64_t(p.plan.max_split_reqs) * p.h_kv * p.rows;
