@@ -356,6 +356,20 @@ double rested_time(Case& k, const Options& opt, cudaStream_t stream) {
   return sum / reps;
 }
 
+// The median of `v` (sorted in place).
+double median(std::vector<double>& v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Host microseconds spent in f().
+template <class F>
+double host_us_of(F&& f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+}
+
 // Times the case: eager calls first (they also tell whether the operator exists), then a CUDA
 // graph holding one call per input set, replayed.
 void time_case(Case& k, const Options& opt, cudaStream_t stream, Result& r) {
@@ -372,40 +386,27 @@ void time_case(Case& k, const Options& opt, cudaStream_t stream, Result& r) {
     for (int i = 0; i < eager_reps; ++i) {
       InputSet& s = k.sets[(i + 1) % n];
       OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
-      const auto t0 = std::chrono::steady_clock::now();
-      s.call(stream);
-      const auto t1 = std::chrono::steady_clock::now();
+      host.push_back(host_us_of([&] { s.call(stream); }));
       OPENMLA_CUDA_CHECK(cudaEventRecord(ev[1], stream));
       OPENMLA_CUDA_CHECK(cudaEventSynchronize(ev[1]));
       eager.push_back(ev.ms(0, 1) * 1e3);
-      host.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
     }
   }
-  std::sort(eager.begin(), eager.end());
-  std::sort(host.begin(), host.end());
-  r.eager_us = eager[eager.size() / 2];
-  r.host_us = host[host.size() / 2];
+  r.eager_us = median(eager);
+  r.host_us = median(host);
   // Host time of the two halves of a decode call (plan update, operator), each issued alone on
   // an idle stream: where the eager call's host time goes.
   if (k.sets[0].plan_call && k.sets[0].op_call) {
     std::vector<double> hp, ho;
     for (int i = 0; i < (opt.quick ? 5 : 11); ++i) {
       InputSet& s = k.sets[(i + 1) % n];
-      auto t0 = std::chrono::steady_clock::now();
-      s.plan_call(stream);
-      auto t1 = std::chrono::steady_clock::now();
+      hp.push_back(host_us_of([&] { s.plan_call(stream); }));
       OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
-      auto t2 = std::chrono::steady_clock::now();
-      s.op_call(stream);
-      auto t3 = std::chrono::steady_clock::now();
+      ho.push_back(host_us_of([&] { s.op_call(stream); }));
       OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
-      hp.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
-      ho.push_back(std::chrono::duration<double, std::micro>(t3 - t2).count());
     }
-    std::sort(hp.begin(), hp.end());
-    std::sort(ho.begin(), ho.end());
-    r.host_plan_us = hp[hp.size() / 2];
-    r.host_op_us = ho[ho.size() / 2];
+    r.host_plan_us = median(hp);
+    r.host_op_us = median(ho);
   }
 
   // 3. Rested: FlashMLA's measuring conditions (see rested_time), before the sustained graph

@@ -43,13 +43,19 @@ struct FastDiv {
   uint32_t d, mul, shr;
 };
 
+// ceil(log2 d) for d >= 1 (host).
+inline uint32_t ceil_log2(uint32_t d) {
+  uint32_t l = 0;
+  while ((uint64_t(1) << l) < d) ++l;
+  return l;
+}
+
 // The FastDiv of a divisor d >= 1 (host), and n / d by it: the kernels call fast_div_apply
 // (constexpr, so device code may), the CPU tests check it against the plain division.
 inline FastDiv make_fast_div(uint32_t d) {
   FastDiv f{d, 0, 0};
   if (d > 1) {
-    uint32_t l = 0;  // ceil(log2 d)
-    while ((uint64_t(1) << l) < d) ++l;
+    const uint32_t l = ceil_log2(d);
     f.mul = static_cast<uint32_t>(((uint64_t(1) << (31 + l)) + d - 1) / d);
     f.shr = l - 1;
   }

@@ -240,10 +240,10 @@ __device__ __forceinline__ int inline_plan_table(const DenseDecodeKernelParams& 
     case kBeginReq: return first;
     case kLastReq: return last;
     case kBeginLen: return empty ? 0 : first_len;
-    case kBeginBlk: return empty || part == first_fp ? 0 : part * per - first_prefix - fc;
+    case kBeginBlk: return empty ? 0 : part_begin_blk(part, first_fp, per, first_prefix, fc);
     case kBeginSplit: return empty ? 0 : part - first_fp;
     case kLastBlkEnd:
-      return empty ? 0 : part == last_lp ? last_cost - fc : (part + 1) * per - last_prefix - fc;
+      return empty ? 0 : part_end_blk(part, last_lp, per, last_prefix, last_cost, fc);
     default: return lane >= kTableSplit && lane < kTableSplit + 8 ? info : 0;
   }
 }

@@ -148,12 +148,6 @@ bool make_accum_map(const PlanState& st, int64_t h_kv, CUtensorMap& map) {
   return true;
 }
 
-int log2_exact(int v) {  // v a power of two
-  int l = 0;
-  while ((1 << l) < v) ++l;
-  return l;
-}
-
 }  // namespace
 
 // Few query rows per KV head: the transposed, ring-buffered kernel. Development switch for A/B
@@ -214,7 +208,7 @@ void dense_decode(const DenseDecodeParams& p) {
   kp.page_size = static_cast<int>(page_size);
   kp.box_tokens = box_tokens;
   kp.page_div = make_fast_div(static_cast<uint32_t>(page_tokens));
-  kp.box_shift = log2_exact(box_tokens);
+  kp.box_shift = static_cast<int>(ceil_log2(static_cast<uint32_t>(box_tokens)));  // (2^k tokens)
   kp.batch = static_cast<int>(b);
   kp.s_q = static_cast<int>(s_q);
   kp.h_q = static_cast<int>(h_q);

@@ -33,12 +33,7 @@ template <class T>
 __device__ T cta_exclusive_scan(T v, T& total) {
   __shared__ T warp_sums[kPlannerThreads / 32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  T x = v;
-#pragma unroll
-  for (int o = 1; o < 32; o *= 2) {
-    const T y = __shfl_up_sync(0xffffffff, x, o);
-    if (lane >= o) x += y;
-  }
+  const T x = warp_inclusive_sum(v);
   if (lane == 31) warp_sums[warp] = x;
   __syncthreads();
   T before = 0;
@@ -120,17 +115,12 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
   int cuts = 0, slots = 0;
   for (int i = i0; i < i1; ++i) {
     const long long P = prefix[i], c = cost_of(i);
-    long long f, l;
     if (batch_invariant) {
-      f = l = (P + c / 2) / per;
-    } else if (c == fixed_cost) {  // empty request: one (empty) piece where it starts
-      f = l = P / per;
+      first_part[i] = last_part[i] =
+          static_cast<int>(min((P + c / 2) / per, static_cast<long long>(parts - 1)));
     } else {
-      f = (P + fixed_cost) / per;
-      l = (P + c - 1) / per;
+      request_parts(P, c, per, fixed_cost, parts, first_part[i], last_part[i]);
     }
-    first_part[i] = static_cast<int>(min(f, static_cast<long long>(parts - 1)));
-    last_part[i] = static_cast<int>(min(l, static_cast<long long>(parts - 1)));
     const int pieces = last_part[i] - first_part[i] + 1;
     buf.num_splits[i] = pieces;
     if (pieces > 1) {
@@ -180,11 +170,10 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
     }
     m[kBeginLen] = max(0, seqlens[first * seqlens_stride]);
     const int fp = first_part[first];
-    m[kBeginBlk] = p == fp ? 0 : static_cast<int>(p * per - prefix[first] - fixed_cost);
+    m[kBeginBlk] = part_begin_blk(p, fp, per, prefix[first], fixed_cost);
     m[kBeginSplit] = p - fp;
-    m[kLastBlkEnd] = p == last_part[last]
-                         ? static_cast<int>(cost_of(last) - fixed_cost)
-                         : static_cast<int>((p + 1) * per - prefix[last] - fixed_cost);
+    m[kLastBlkEnd] =
+        part_end_blk(p, last_part[last], per, prefix[last], cost_of(last), fixed_cost);
   }
 #if defined(OPENMLA_DECODE_PROFILE)
   __syncthreads();
@@ -428,12 +417,10 @@ constexpr int kCombineWideBatch = 16;
 
 template <int kGroups>
 __global__ void __launch_bounds__(kGroups * 128) combine_wide_kernel(DenseDecodeKernelParams p) {
-  constexpr int kCombineWideThreads = kGroups * 128;
-  constexpr int kCombineWideGroups = kGroups;
-  constexpr int kCombineWideWarps = kCombineWideThreads / 32;
+  constexpr int kThreads = kGroups * 128, kWarps = kThreads / 32;
   __shared__ float s_w[kMaxPieces];
-  __shared__ float s_red[2][kCombineWideWarps];
-  __shared__ float4 s_acc[kCombineWideGroups > 1 ? kCombineWideGroups - 1 : 1][128];
+  __shared__ float s_red[2][kWarps];
+  __shared__ float4 s_acc[kGroups > 1 ? kGroups - 1 : 1][128];
   grid_dependency_wait();  // the attention kernel's partial results
   const int t = threadIdx.x, lane = t % 32, warp = t / 32, grp = t / 128, tg = t % 128;
   const int hk = blockIdx.z, c = blockIdx.x;
@@ -461,7 +448,7 @@ __global__ void __launch_bounds__(kGroups * 128) combine_wide_kernel(DenseDecode
     const int64_t slot0 = (static_cast<int64_t>(cut.z) * p.h_kv + hk) * p.rows + row;
     const float* lse_in = p.plan.lse_accum + slot0;
     float mx = -INFINITY;
-    for (int k = t; k < n; k += kCombineWideThreads) {
+    for (int k = t; k < n; k += kThreads) {
       const float v = lse_in[k * piece_stride];
       s_w[k] = v;
       mx = fmaxf(mx, v);
@@ -471,10 +458,10 @@ __global__ void __launch_bounds__(kGroups * 128) combine_wide_kernel(DenseDecode
     __syncthreads();
     mx = s_red[0][0];
 #pragma unroll
-    for (int w = 1; w < kCombineWideWarps; ++w) mx = fmaxf(mx, s_red[0][w]);
+    for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, s_red[0][w]);
     const bool empty = mx == -INFINITY;
     float sum = 0.0f;
-    for (int k = t; k < n; k += kCombineWideThreads) {
+    for (int k = t; k < n; k += kThreads) {
       const float w = empty ? 0.0f : expf(s_w[k] - mx);
       s_w[k] = w;
       sum += w;
@@ -484,23 +471,23 @@ __global__ void __launch_bounds__(kGroups * 128) combine_wide_kernel(DenseDecode
     __syncthreads();
     sum = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kCombineWideWarps; ++w) sum += s_red[1][w];
+    for (int w = 0; w < kWarps; ++w) sum += s_red[1][w];
     float inv, lse;
     merged_inv_lse(mx, sum, inv, lse);
     // This group's pieces grp, grp + 4, ...
     const float* o_in = p.plan.o_accum + slot0 * 512 + 4 * tg;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int kb = grp; kb < n; kb += kCombineWideGroups * kCombineWideBatch) {
+    for (int kb = grp; kb < n; kb += kGroups * kCombineWideBatch) {
       float4 v[kCombineWideBatch];
 #pragma unroll
       for (int k = 0; k < kCombineWideBatch; ++k) {
-        const int piece = kb + k * kCombineWideGroups;
+        const int piece = kb + k * kGroups;
         v[k] = piece < n ? ld_global_hint(o_in + piece * piece_stride * 512, drop)
                          : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
 #pragma unroll
       for (int k = 0; k < kCombineWideBatch; ++k) {
-        const int piece = kb + k * kCombineWideGroups;
+        const int piece = kb + k * kGroups;
         add_weighted(acc, piece < n ? s_w[piece] : 0.0f, v[k]);
       }
     }
@@ -508,7 +495,7 @@ __global__ void __launch_bounds__(kGroups * 128) combine_wide_kernel(DenseDecode
     __syncthreads();
     if (grp == 0) {
 #pragma unroll
-      for (int g = 0; g < kCombineWideGroups - 1; ++g) {
+      for (int g = 0; g < kGroups - 1; ++g) {
         const float4 x = s_acc[g][tg];
         acc[0] += x.x;
         acc[1] += x.y;
