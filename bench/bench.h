@@ -191,6 +191,10 @@ struct Result {
   double eager_us = kNaN;  // median of single eager calls, CUDA events
   double host_us = kNaN;   // host time to issue one eager call (plan update + operator)
   double host_plan_us = kNaN, host_op_us = kNaN;  // the two halves, each issued alone
+  // Where an eager call's time goes: the same call queued behind a kernel that holds the stream
+  // until the host has issued it (events around the call: GPU time alone, no host latency), and
+  // an empty kernel timed like the eager call (launch floor of this host and driver).
+  double eager_queued_us = kNaN, empty_eager_us = kNaN, empty_host_us = kNaN;
   double plan_us = kNaN;   // decode: graph replay of DecodePlan::update alone
   double op_us = kNaN;     // decode: graph replay of the operator alone (plan updated before)
   // FlashMLA's own method (how ANCHORS.md's kernel figures were taken): every call follows an

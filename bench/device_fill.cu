@@ -39,7 +39,28 @@ __global__ void clock_probe_kernel(unsigned long long* out) {
   out[1] = t - t0;
 }
 
+// Holds the GPU for `ns` nanoseconds of globaltimer (one thread).
+__global__ void hold_kernel(unsigned long long ns) {
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < ns);
+}
+
+__global__ void empty_kernel() {}
+
 }  // namespace
+
+void hold_stream(cudaStream_t stream, double us) {
+  hold_kernel<<<1, 1, 0, stream>>>(static_cast<unsigned long long>(us * 1e3));
+  OPENMLA_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_empty(cudaStream_t stream) {
+  empty_kernel<<<1, 32, 0, stream>>>();
+  OPENMLA_CUDA_CHECK(cudaGetLastError());
+}
 
 double sm_clock_mhz(cudaStream_t stream) {
   static DeviceBuffer buf(2 * sizeof(unsigned long long));

@@ -48,6 +48,12 @@ void fill_normal_bf16(void* dst, size_t count, uint64_t seed, float sigma, cudaS
 // queued on `stream` (so it runs right after the work queued before it); waits for the stream.
 double sm_clock_mhz(cudaStream_t stream);
 
+// A one-thread kernel that keeps `stream` busy for `us` microseconds (work queued behind it is
+// issued by the host meanwhile, so events around that work time the GPU alone).
+void hold_stream(cudaStream_t stream, double us);
+// An empty 32-thread kernel (the floor of an eager launch).
+void launch_empty(cudaStream_t stream);
+
 // A non-blocking stream owned for the lifetime of a measurement.
 class BenchStream {
  public:

@@ -394,6 +394,27 @@ void time_case(Case& k, const Options& opt, cudaStream_t stream, Result& r) {
   }
   r.eager_us = median(eager);
   r.host_us = median(host);
+  {
+    Events ev(2);
+    std::vector<double> queued, empty, empty_host;
+    for (int i = 0; i < (opt.quick ? 5 : 11); ++i) {
+      InputSet& s = k.sets[(i + 1) % n];
+      hold_stream(stream, 200.0);  // >> the host issue time of a call
+      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
+      s.call(stream);
+      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[1], stream));
+      OPENMLA_CUDA_CHECK(cudaEventSynchronize(ev[1]));
+      queued.push_back(ev.ms(0, 1) * 1e3);
+      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
+      empty_host.push_back(host_us_of([&] { launch_empty(stream); }));
+      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[1], stream));
+      OPENMLA_CUDA_CHECK(cudaEventSynchronize(ev[1]));
+      empty.push_back(ev.ms(0, 1) * 1e3);
+    }
+    r.eager_queued_us = median(queued);
+    r.empty_eager_us = median(empty);
+    r.empty_host_us = median(empty_host);
+  }
   // Host time of the two halves of a decode call (plan update, operator), each issued alone on
   // an idle stream: where the eager call's host time goes.
   if (k.sets[0].plan_call && k.sets[0].op_call) {
@@ -615,6 +636,8 @@ int run_gpu(const Options& opt, const std::vector<std::string>& suites, DeviceIn
           std::cerr << " | host: call " << format_double(r.host_us, 1) << " us, update "
                     << format_double(r.host_plan_us, 1) << " us, operator "
                     << format_double(r.host_op_us, 1) << " us";
+        std::cerr << " | eager queued " << format_double(r.eager_queued_us, 1)
+                  << " us, empty kernel eager " << format_double(r.empty_eager_us, 1) << " us";
         std::cerr << "\n";
       } else {
         std::cerr << " " << r.status << ": " << r.message << "\n";

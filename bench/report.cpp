@@ -350,6 +350,9 @@ void write_json(const std::string& path, const Options& opt, const DeviceInfo& d
         j.key("host_issue_us").value(r.host_us);
         j.key("host_plan_update_us").value(r.host_plan_us);
         j.key("host_operator_us").value(r.host_op_us);
+        j.key("eager_queued_us").value(r.eager_queued_us);
+        j.key("empty_kernel_eager_us").value(r.empty_eager_us);
+        j.key("empty_kernel_host_us").value(r.empty_host_us);
         j.key("sm_clock_mhz_after_graph").value(r.clock_mhz);
         j.key("input_sets").value(r.sets);
         j.key("replays").value(r.replays);
