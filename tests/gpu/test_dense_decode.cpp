@@ -280,6 +280,12 @@ std::vector<Case> cases() {
   // Requests cut into ~4 pieces with more than 8 cut requests and 128 rows: the row combine
   // kernel's loop over further pieces.
   v.push_back({16, 1, 2048, 128, 1, false, false, 576, 64, true, 0});
+  // Batches over 8 on the main kernel: requests cut in two pieces are merged by the attention
+  // kernel (the piece that finishes second; PlanBuffers::merge_pairs), longer ones by the combine
+  // kernel. Two KV heads, two m blocks, fp16 / d 512 / pages of 32 / strided q, long requests.
+  v.push_back({24, 1, 1024, 128, 2, false, false, 576, 64, true, 0});
+  v.push_back({32, 2, 600, 64, 1, true, true, 512, 32, true, 8});
+  v.push_back({12, 1, 3000, 128, 1, false, false, 576, 64, true, 0});
   // The narrow kernel (<= 32 query rows per KV head) on long contexts: its chunk ring wraps many
   // times, requests are cut across parts (combine), fp16 / d 512 / pages 128 and 256 / s_q 2.
   v.push_back({1, 1, 6000, 16, 1, false, false, 576, 64, false, 0});

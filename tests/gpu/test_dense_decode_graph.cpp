@@ -30,6 +30,7 @@ std::vector<DenseCase> cases() {
       {"h64_sq1", 5, 1, 64, 1000},
       {"h16_sq1", 5, 1, 16, 2000},
       {"h128_long_splitkv", 2, 1, 128, 6000},
+      {"h128_b24_pair_merge", 24, 1, 128, 800},
   };
 }
 

@@ -86,6 +86,19 @@ __device__ __forceinline__ void bulk_commit() {
 __device__ __forceinline__ void bulk_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
 }
+// Linear bulk copy global -> shared completing on an mbarrier (16-byte aligned, bytes % 16 == 0).
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes,
+                                          uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+          "r"(smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(smem_addr(bar))
+      : "memory");
+}
+// Until the issuing thread's bulk groups are complete, writes to global memory included.
+__device__ __forceinline__ void bulk_wait_all() {
+  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+}
 __device__ __forceinline__ void mbar_arrive_expect_tx_pred(uint64_t* bar, uint32_t bytes,
                                                            bool pred) {
   asm volatile(
@@ -151,6 +164,19 @@ __device__ __forceinline__ void tma_prefetch_desc(const CUtensorMap* map) {
 // st.shared of an operand and before the barrier that lets wgmma read it.
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
+// Generic <-> async proxy ordering for global memory (copy-engine writes before a generic release;
+// a generic acquire before copy-engine reads).
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;" ::: "memory");
+}
+
+// Acquire load at GPU scope (a flag another CTA releases).
+__device__ __forceinline__ int ld_acquire_gpu(const int32_t* ptr) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(ptr) : "memory");
+  return v;
 }
 
 // Named barrier over `threads` threads (multiple of 32); id 0 is __syncthreads.

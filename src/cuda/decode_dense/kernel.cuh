@@ -184,9 +184,11 @@ struct Smem {
   static constexpr int kSum = kRed + 1024;   // float [2][64]
   static constexpr int kBars = kRed + 1536;  // uint64 full[2][9], then the Q tile's barrier
   static constexpr int kTab = kBars + 19 * 8;  // int [16]: an inline plan's table
-  static constexpr int kBytes = kTab + 64;
+  static constexpr int kTicket = kTab + 64;  // int [3]: pair merge ticket, pending, sync index
+  static constexpr int kBytes = kTicket + 16;
   static constexpr int kAlloc = kBytes + 1024;  // + alignment slack for the 1024-B atoms
   static_assert(kAlloc <= 227 * 1024, "shared memory budget");
+  static_assert(64 * (2048 + 16) <= kRed - kK, "a pair merge's partial tile (pair_merge)");
   __host__ __device__ static constexpr int p_tile(int stage) {
     return !kRope ? kPSep + stage * kChunkBytes : stage == 0 ? kK + 8 * kChunkBytes : kPSep;
   }
@@ -526,6 +528,114 @@ __device__ __forceinline__ void zero_v_tail(uint8_t* stage_base, int valid, int 
   fence_proxy_async();
 }
 
+// ---- requests cut in two pieces, merged by the attention kernel (PlanBuffers::merge_pairs) ----
+// Each piece's CTA takes a ticket (sync word 0) when its tile is final. The first stores its
+// partial and lse as any piece does and then sets sync word 1 (release); the second waits for it
+// (it is past that piece's compute, so it only waits for stores: no progress depends on CTAs
+// that are not resident), loads the other partial through the copy engine, merges the two in
+// piece order with the combine's weights and writes out/lse, and resets both words for the next
+// launch. The merge is the same arithmetic whichever piece performs it (explicitly rounded
+// products and sum), so the bits do not depend on which CTA finished second.
+
+// Row pitch of the other piece's partial tile in shared memory (2 KB + 16 B: a warp's float2
+// reads of 8 rows hit every bank twice). 64 rows: 129 KB, in the free K stages and P tiles.
+constexpr int kMergePitch = 2048 + 16;
+
+// The partial lse of a piece (natural log; -inf: nothing attended), as stored for the combine.
+__device__ __forceinline__ float piece_lse(float m, float scale, float lt) {
+  return lt == 0.0f ? -INFINITY : fmaf(m, scale, logf(lt));
+}
+
+// Thread 0 of the first piece, after a barrier that follows every thread's fenced stores; `bulk`:
+// its tile went through the copy engine (wait for those writes to complete).
+__device__ __forceinline__ void signal_pair_done(int32_t* sync, bool bulk) {
+  if (bulk) {
+    bulk_wait_all();
+    fence_proxy_async_global();
+  }
+  __threadfence();
+  atomicExch(sync + 1, 1);
+}
+
+// The second piece: merges the other piece's partial (slot acc0 + 1 - s.split) with its own tile
+// (o, row sums s_sum, running max m) into out and lse. `tile`: the free K stages (and P tiles).
+template <class Elem>
+__device__ __forceinline__ void pair_merge(const DenseDecodeKernelParams& p, const Segment& s,
+                                           const Rows& rw, const float (&m)[2],
+                                           const float* s_sum, int acc0, int m_block, int hk,
+                                           int wg, int tid, const float (&o)[128], uint8_t* tile,
+                                           uint64_t* bar, uint32_t& bar_par, int32_t* sync) {
+  const int lane = tid % 32;
+  const int other = (acc0 + 1 - s.split) * p.h_kv + hk;  // its piece index (accum_piece)
+  // Its 64 rows (fewer in the last m block) are contiguous in o_accum: warp 0 copies one row of
+  // 2 KB per lane and bulk copy into rows of kMergePitch bytes (conflict-free float2 reads below).
+  if (tid < 32) {
+    while (ld_acquire_gpu(sync + 1) == 0) __nanosleep(64);
+    fence_proxy_async_global();  // the copy engine reads after the acquire
+    const int rows = min(64, p.rows - m_block * 64);
+    if (lane == 0) mbar_arrive_expect_tx_pred(bar, rows * 2048, true);
+    const float* src = p.plan.o_accum + (static_cast<int64_t>(other) * p.rows + m_block * 64) * 512;
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      if (lane + 32 * h < rows)
+        bulk_load(tile + (lane + 32 * h) * kMergePitch, src + (lane + 32 * h) * 512, 2048, bar);
+  }
+  __syncthreads();  // every thread after warp 0's acquire
+  float lo[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int rg = m_block * 64 + rw.r0 + 8 * i;
+    lo[i] = rg < p.rows ? __ldcg(p.plan.lse_accum + static_cast<int64_t>(other) * p.rows + rg)
+                        : -INFINITY;
+  }
+  // Per row: this piece's normalization and both weights over the merged sum (the weights of
+  // pieces 0 and 1 computed in that order; fadd commutes exactly, so either CTA gets the same
+  // bits).
+  float inv[2], c_own[2], c_other[2], lse[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = rw.r0 + 8 * i;
+    const float lt = s_sum[r] + s_sum[64 + r];
+    inv[i] = lt == 0.0f ? 0.0f : 1.0f / lt;
+    const float own = piece_lse(m[i], p.scale, lt);
+    const bool first = s.split == 0;
+    const float l0 = first ? own : lo[i], l1 = first ? lo[i] : own;
+    const float mx = fmaxf(l0, l1);
+    const bool none = mx == -INFINITY;
+    const float w0 = none ? 0.0f : expf(l0 - mx), w1 = none ? 0.0f : expf(l1 - mx);
+    const float sum = w0 + w1;
+    const float inv_m = none ? 0.0f : 1.0f / sum;
+    c_own[i] = __fmul_rn(first ? w0 : w1, inv_m);
+    c_other[i] = __fmul_rn(first ? w1 : w0, inv_m);
+    lse[i] = none ? INFINITY : mx + logf(sum);
+  }
+  mbar_wait(bar, bar_par);
+  bar_par ^= 1;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = rw.r0 + 8 * i, rg = m_block * 64 + r;
+    if (rg >= p.rows) continue;
+    const QueryRow qr = query_row(p, hk, rg);
+    Elem* out = out_row<Elem>(p, s.req, qr) + wg * 256 + rw.cq;
+    const float* row = reinterpret_cast<const float*>(tile + r * kMergePitch) + wg * 256 + rw.cq;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const float2 x = *reinterpret_cast<const float2*>(row + 8 * j);
+      const float a0 = o[4 * j + 2 * i] * inv[i], a1 = o[4 * j + 2 * i + 1] * inv[i];  // as stored
+      const float v0 = __fadd_rn(__fmul_rn(c_own[i], a0), __fmul_rn(c_other[i], x.x));
+      const float v1 = __fadd_rn(__fmul_rn(c_own[i], a1), __fmul_rn(c_other[i], x.y));
+      *reinterpret_cast<uint32_t*>(out + 8 * j) = pack2<Elem>(v0, v1);
+      if (j % 8 == 7) asm volatile("" ::: "memory");  // (few loads in flight: registers)
+    }
+    if (wg == 0 && lane % 4 == 0) *lse_at(p, s.req, qr) = lse[i];
+  }
+  if (tid == 0) {  // nothing else reads or writes them in this launch
+    sync[0] = 0;
+    sync[1] = 0;
+  }
+  __syncthreads();  // the stages are refilled by the next segment
+}
+
 // n / page_size for 0 <= n < 2^31 (FastDiv, params.h).
 __device__ __forceinline__ int page_of(const DenseDecodeKernelParams& p, int n) {
   return static_cast<int>(fast_div_apply(p.page_div, static_cast<uint32_t>(n)));
@@ -601,6 +711,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* s_m1 = reinterpret_cast<float*>(smem + L::kM1);
   float* s_sum = reinterpret_cast<float*>(smem + L::kSum);
   int* s_tab = reinterpret_cast<int*>(smem + L::kTab);
+  int* s_ticket = reinterpret_cast<int*>(smem + L::kTicket);
 
   const int m_block = blockIdx.x, hk = blockIdx.y, part = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -613,6 +724,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (p.q_tma) tma_prefetch_desc(&qmap);
     for (int i = 0; i < 19; ++i) mbar_init(&full[i], 1);
     mbar_fence_init();
+    s_ticket[1] = 0;
   }
   fill_plan_table(p, part, s_tab);
   __syncthreads();
@@ -716,6 +828,12 @@ __global__ void __launch_bounds__(kThreads, 1)
           load(1, s, s.blk_lo + 1, first_page, 0, kChunks);
       }
       OPENMLA_PROF_STAMP_FIRST(3);
+      // A pair merge's first piece stored through the copy engine (s_ticket[1] = 1 + its sync
+      // index, thread 0's): signalled once those stores are complete, behind these loads.
+      if (tid == 0 && s_ticket[1] != 0) {
+        signal_pair_done(p.plan.merge_sync + 2 * (s_ticket[1] - 1), true);
+        s_ticket[1] = 0;
+      }
       if (p.q_tma) {
         mbar_wait(q_full, q_par);
         q_par ^= 1;
@@ -921,10 +1039,21 @@ __global__ void __launch_bounds__(kThreads, 1)
       s_sum[wg * 64 + rw.r0] = l[0];
       s_sum[wg * 64 + rw.r0 + 8] = l[1];
     }
+    const int nsplit = plan_num_splits(p, s_tab, s.req);
+    // Requests cut in two pieces (PlanBuffers::merge_pairs): the piece that finishes second merges both
+    // (pair_merge) and the combine kernel skips the request; the first stores its partial as any
+    // piece does and then signals its sync word. The ticket is taken now, read after the barrier.
+    // (Ticket and sync index go through shared memory, s_ticket[0] and [2], read where needed:
+    // kept in registers across the stores below they made ptxas spill.)
+    if (tid == 0) {
+      const int pair_index = (s.req * p.m_blocks + m_block) * p.h_kv + hk;
+      const bool pair = p.plan.merge_pairs && nsplit == 2;
+      s_ticket[0] = pair ? atomicAdd(p.plan.merge_sync + 2 * pair_index, 1) : 0;
+      s_ticket[2] = pair ? 1 + pair_index : 0;
+    }
     __syncthreads();
     OPENMLA_PROF_STAMP(7);
     OPENMLA_PROF_STAMP_FIRST(9);
-    const int nsplit = plan_num_splits(p, s_tab, s.req);
     // Tiles of segments that another segment follows go through the copy engine (p.o_tma /
     // p.a_tma): staged in the K stages (free here: every wgmma is done and the last pair issued
     // no refills) as 128B-swizzled boxes of 64 rows, the out tile as 8 boxes of 64 bf16/fp16,
@@ -933,15 +1062,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     // stores from registers (staging would only lengthen the kernel's end: b=8 +1.3 us).
     const bool direct = nsplit <= 1;
     const int acc0 = direct ? 0 : plan_accum_offset(p, s_tab, s.req);  // first slot
-    const bool via_tma = !s.last && (direct ? p.o_tma != 0 : p.a_tma != 0);
     uint8_t* tile = smem + L::kK;
+    if (s_ticket[0] != 0) {  // the second piece of a pair
+      pair_merge<Elem>(p, s, rw, m, s_sum, acc0, m_block, hk, wg, tid, o, tile, q_full, q_par,
+                       p.plan.merge_sync + 2 * (s_ticket[2] - 1));
+    } else {
+    const bool via_tma = !s.last && (direct ? p.o_tma != 0 : p.a_tma != 0);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int r = rw.r0 + 8 * i, rg = m_block * 64 + r;
       const float lt = s_sum[r] + s_sum[64 + r];
       const bool empty_row = lt == 0.0f;
       const float inv = empty_row ? 0.0f : 1.0f / lt;
-      const float lse = empty_row ? INFINITY : m[i] * p.scale + logf(lt);
+      const float lse = empty_row ? INFINITY : piece_lse(m[i], p.scale, lt);
       if (via_tma) {
         // (rows past p.rows are written to shared memory too; the copy engine clips them)
         const uint32_t sw = static_cast<uint32_t>(r & 7);
@@ -1010,11 +1143,23 @@ __global__ void __launch_bounds__(kThreads, 1)
       bulk_commit();
       bulk_wait_read();  // the stages may be refilled once the engine has read them
     }
+    // A pair merge's first piece: every thread's stores (partials, lse) ordered before the
+    // signal (below, or at the next segment's start when the copy engine stored the tile).
+    if (s_ticket[2] != 0) __threadfence();
     // s_sum is rewritten by the next segment's epilogue only after its own barriers; the Q tile
     // is rewritten only after this barrier, when both warpgroups are done with all wgmma.
     __syncthreads();
+    if (tid == 0 && s_ticket[2] != 0) {
+      if (via_tma)
+        s_ticket[1] = s_ticket[2];  // (thread 0 signals at the next segment's start)
+      else
+        signal_pair_done(p.plan.merge_sync + 2 * (s_ticket[2] - 1), false);
+    }
+    }  // (not the second piece of a pair)
     OPENMLA_PROF_STAMP_FIRST(10);
   });
+  if (tid == 0 && s_ticket[1] != 0)
+    signal_pair_done(p.plan.merge_sync + 2 * (s_ticket[1] - 1), true);
   // The combine kernel (PDL) may be scheduled from here on; it waits for this grid to finish.
   grid_launch_dependents();
   OPENMLA_PROF_PRINT();

@@ -82,6 +82,12 @@ __global__ void planner_prof_print() {
 #define OPENMLA_PLAN_STAMP(k)
 #endif
 
+// Whether a cut request goes on the combine's list: not when the attention kernel merges it
+// (two pieces, PlanBuffers::merge_pairs).
+__device__ __forceinline__ int listed(int pieces, int merge_pairs) {
+  return merge_pairs && pieces == 2 ? 0 : 1;
+}
+
 __global__ void __launch_bounds__(kPlannerThreads, 1)
     planner_kernel(const int32_t* __restrict__ seqlens, int64_t seqlens_stride, int batch,
                    int batch_invariant, int fixed_cost, PlanBuffers buf, PlanScratch scratch) {
@@ -124,7 +130,7 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
     const int pieces = last_part[i] - first_part[i] + 1;
     buf.num_splits[i] = pieces;
     if (pieces > 1) {
-      ++cuts;
+      cuts += listed(pieces, buf.merge_pairs);
       slots += pieces;
     }
   }
@@ -135,7 +141,9 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
     const int pieces = last_part[i] - first_part[i] + 1;
     buf.accum_offset[i] = slot_base;
     if (pieces > 1) {
-      *reinterpret_cast<int4*>(buf.split_reqs + 4 * cut_base++) = make_int4(i, pieces, slot_base, 0);
+      if (listed(pieces, buf.merge_pairs))
+        *reinterpret_cast<int4*>(buf.split_reqs + 4 * cut_base++) =
+            make_int4(i, pieces, slot_base, 0);
       slot_base += pieces;
     }
   }
@@ -533,13 +541,20 @@ void plan_create(DecodePlan::Impl& impl) {
   // less per call. OPENMLA_DECODE_NO_INLINE_PLAN=1 keeps the planner (development A/B).
   st->buf.inline_plan = !c.batch_invariant && c.batch <= kInlinePlanMaxBatch &&
                         !env_flag("OPENMLA_DECODE_NO_INLINE_PLAN");
+  // Two-piece requests merged in the attention kernel (not for small batches, whose planner-
+  // kernel plans must give the inline plans' bits; OPENMLA_DECODE_NO_PAIR_MERGE=1: development
+  // A/B).
+  st->buf.merge_pairs = !c.batch_invariant && c.batch > kInlinePlanMaxBatch &&
+                        !uses_narrow_kernel(st->rows) && !env_flag("OPENMLA_DECODE_NO_PAIR_MERGE");
   if (2 * st->buf.num_parts > kMaxPieces)
     throw Error("config.num_sms", "more than " + std::to_string(kMaxPieces / 2) +
                                       " schedule parts are not supported");
   const size_t b = static_cast<size_t>(std::max(c.batch, 1));
   const size_t slot_rows = static_cast<size_t>(st->buf.accum_slots) * c.h_kv * st->rows;
   const size_t ints = st->buf.num_parts * kPlanMetaInts + 2 * b + 4 * st->buf.max_split_reqs + 1;
-  const size_t bytes = ints * 4 + 16 + 256 + slot_rows * 4 + 256 + slot_rows * 512 * 4 + 256 + b * 16;
+  const size_t sync_ints = st->buf.merge_pairs ? 2 * b * st->m_blocks * c.h_kv : 0;
+  const size_t bytes = ints * 4 + 16 + 256 + slot_rows * 4 + 256 + slot_rows * 512 * 4 + 256 +
+                       b * 16 + 256 + sync_ints * 4;
   char* base = nullptr;
   try {
     OPENMLA_CUDA_CHECK(cudaMalloc(&base, bytes));
@@ -567,6 +582,16 @@ void plan_create(DecodePlan::Impl& impl) {
   st->scratch.prefix = reinterpret_cast<long long*>(base + off);
   st->scratch.first_part = reinterpret_cast<int*>(base + off + b * 8);
   st->scratch.last_part = reinterpret_cast<int*>(base + off + b * 12);
+  off = align(off + b * 16);
+  st->buf.merge_sync = sync_ints > 0 ? reinterpret_cast<int32_t*>(base + off) : nullptr;
+  if (sync_ints > 0) {
+    const cudaError_t e = cudaMemset(st->buf.merge_sync, 0, sync_ints * 4);
+    if (e != cudaSuccess) {
+      cudaFree(base);
+      delete st;
+      OPENMLA_CUDA_CHECK(e);
+    }
+  }
   impl.workspace = st;
   impl.workspace_bytes = bytes;
 }
