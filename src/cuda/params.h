@@ -31,9 +31,10 @@ struct PlanBuffers {
   // num_splits, accum_offset and split_reqs are then unused.
   int inline_plan;
   int fixed_cost;
-  // Requests cut in exactly two pieces are merged by the attention kernel (main kernel, planner
-  // plans: batch > kInlinePlanMaxBatch) and left off split_reqs: merge_sync holds two ints per
-  // (request, m block, KV head), zero between launches (a ticket and the first piece's signal).
+  // Requests cut in exactly two pieces are merged by the attention kernel (its kMerge build;
+  // main kernel, planner plans: batch > kInlinePlanMaxBatch, at most two m blocks) and left off
+  // split_reqs: merge_sync holds two ints per (request, m block, KV head), zero between launches
+  // (a ticket and the first piece's signal).
   int merge_pairs;
   int32_t* merge_sync;
 };

@@ -692,7 +692,7 @@ __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
   }
 }
 
-template <int kChunks, bool kFp16>
+template <int kChunks, bool kFp16, bool kMerge>
 __global__ void __launch_bounds__(kThreads, 1)
     dense_decode_kernel(const __grid_constant__ CUtensorMap kmap,
                         const __grid_constant__ CUtensorMap qmap,
@@ -724,7 +724,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (p.q_tma) tma_prefetch_desc(&qmap);
     for (int i = 0; i < 19; ++i) mbar_init(&full[i], 1);
     mbar_fence_init();
-    s_ticket[1] = 0;
+    if (kMerge) s_ticket[1] = 0;
   }
   fill_plan_table(p, part, s_tab);
   __syncthreads();
@@ -830,7 +830,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       OPENMLA_PROF_STAMP_FIRST(3);
       // A pair merge's first piece stored through the copy engine (s_ticket[1] = 1 + its sync
       // index, thread 0's): signalled once those stores are complete, behind these loads.
-      if (tid == 0 && s_ticket[1] != 0) {
+      if (kMerge && tid == 0 && s_ticket[1] != 0) {
         signal_pair_done(p.plan.merge_sync + 2 * (s_ticket[1] - 1), true);
         s_ticket[1] = 0;
       }
@@ -1040,14 +1040,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       s_sum[wg * 64 + rw.r0 + 8] = l[1];
     }
     const int nsplit = plan_num_splits(p, s_tab, s.req);
-    // Requests cut in two pieces (PlanBuffers::merge_pairs): the piece that finishes second merges both
-    // (pair_merge) and the combine kernel skips the request; the first stores its partial as any
-    // piece does and then signals its sync word. The ticket is taken now, read after the barrier.
+    // kMerge (PlanBuffers::merge_pairs): of a request cut in two pieces, the piece that finishes
+    // second merges both (pair_merge) and the combine kernel skips the request; the first stores
+    // its partial as any piece does and then signals its sync word. The ticket is taken now, read
+    // after the barrier.
     // (Ticket and sync index go through shared memory, s_ticket[0] and [2], read where needed:
     // kept in registers across the stores below they made ptxas spill.)
-    if (tid == 0) {
+    if (kMerge && tid == 0) {
       const int pair_index = (s.req * p.m_blocks + m_block) * p.h_kv + hk;
-      const bool pair = p.plan.merge_pairs && nsplit == 2;
+      const bool pair = nsplit == 2;
       s_ticket[0] = pair ? atomicAdd(p.plan.merge_sync + 2 * pair_index, 1) : 0;
       s_ticket[2] = pair ? 1 + pair_index : 0;
     }
@@ -1063,7 +1064,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool direct = nsplit <= 1;
     const int acc0 = direct ? 0 : plan_accum_offset(p, s_tab, s.req);  // first slot
     uint8_t* tile = smem + L::kK;
-    if (s_ticket[0] != 0) {  // the second piece of a pair
+    if (kMerge && s_ticket[0] != 0) {  // the second piece of a pair
       pair_merge<Elem>(p, s, rw, m, s_sum, acc0, m_block, hk, wg, tid, o, tile, q_full, q_par,
                        p.plan.merge_sync + 2 * (s_ticket[2] - 1));
     } else {
@@ -1145,11 +1146,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     // A pair merge's first piece: every thread's stores (partials, lse) ordered before the
     // signal (below, or at the next segment's start when the copy engine stored the tile).
-    if (s_ticket[2] != 0) __threadfence();
+    if (kMerge && s_ticket[2] != 0) __threadfence();
     // s_sum is rewritten by the next segment's epilogue only after its own barriers; the Q tile
     // is rewritten only after this barrier, when both warpgroups are done with all wgmma.
     __syncthreads();
-    if (tid == 0 && s_ticket[2] != 0) {
+    if (kMerge && tid == 0 && s_ticket[2] != 0) {
       if (via_tma)
         s_ticket[1] = s_ticket[2];  // (thread 0 signals at the next segment's start)
       else
@@ -1158,7 +1159,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }  // (not the second piece of a pair)
     OPENMLA_PROF_STAMP_FIRST(10);
   });
-  if (tid == 0 && s_ticket[1] != 0)
+  if (kMerge && tid == 0 && s_ticket[1] != 0)
     signal_pair_done(p.plan.merge_sync + 2 * (s_ticket[1] - 1), true);
   // The combine kernel (PDL) may be scheduled from here on; it waits for this grid to finish.
   grid_launch_dependents();

@@ -541,11 +541,13 @@ void plan_create(DecodePlan::Impl& impl) {
   // less per call. OPENMLA_DECODE_NO_INLINE_PLAN=1 keeps the planner (development A/B).
   st->buf.inline_plan = !c.batch_invariant && c.batch <= kInlinePlanMaxBatch &&
                         !env_flag("OPENMLA_DECODE_NO_INLINE_PLAN");
-  // Two-piece requests merged in the attention kernel (not for small batches, whose planner-
-  // kernel plans must give the inline plans' bits; OPENMLA_DECODE_NO_PAIR_MERGE=1: development
-  // A/B).
+  // Two-piece requests merged in the attention kernel: not for small batches (their planner-
+  // kernel plans must give the inline plans' bits) nor more than two m blocks (s_q = 2 at
+  // h_q = 128: that kernel build was 1.5-3 % slower on long contexts, merging or not, and the
+  // combine it saves is ~0.5 % there). OPENMLA_DECODE_NO_PAIR_MERGE=1: development A/B.
   st->buf.merge_pairs = !c.batch_invariant && c.batch > kInlinePlanMaxBatch &&
-                        !uses_narrow_kernel(st->rows) && !env_flag("OPENMLA_DECODE_NO_PAIR_MERGE");
+                        !uses_narrow_kernel(st->rows) && st->m_blocks <= 2 &&
+                        !env_flag("OPENMLA_DECODE_NO_PAIR_MERGE");
   if (2 * st->buf.num_parts > kMaxPieces)
     throw Error("config.num_sms", "more than " + std::to_string(kMaxPieces / 2) +
                                       " schedule parts are not supported");
