@@ -28,7 +28,10 @@ struct DecodePlanConfig {
 };
 
 // Split-KV schedule living in fixed-size device buffers (CUDA-graph safe). On the CPU a plan is
-// accepted and ignored: the reference backend needs no schedule.
+// accepted and ignored: the reference backend needs no schedule. The buffers also hold the
+// calls' partial results and, for batches over 8, the sync words by which the attention kernel
+// merges requests cut in two: calls that use one plan must not overlap on the GPU (issue them
+// on one stream, or order them with events); use one plan per concurrent stream.
 class DecodePlan {
  public:
   DecodePlan(Device device, const DecodePlanConfig& config);

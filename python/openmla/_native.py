@@ -39,8 +39,10 @@ class DecodePlan:
 
     device: 'cpu', 'cuda', 'cuda:N', a torch.device or an array whose device to use. One plan
     serves every layer of a step; call update(cache_seqlens) once per step (no host sync, CUDA
-    graph safe). Keep a plan alive as long as any CUDA graph that uses it. On the CPU a plan is
-    accepted and ignored.
+    graph safe). Keep a plan alive as long as any CUDA graph that uses it. Calls that use one plan
+    must not overlap on the GPU (its buffers hold their partial results and merge flags): issue
+    them on one stream, and use one plan per concurrent stream. On the CPU a plan is accepted and
+    ignored.
     """
 
     __slots__ = ("_plan", "_key", "__weakref__")
