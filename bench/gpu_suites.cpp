@@ -370,6 +370,18 @@ double host_us_of(F&& f) {
   return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Microseconds between CUDA events recorded on `stream` right before and after f() issues its
+// work (waits for the second), and f's host time in `host_us` when given.
+template <class F>
+double event_us(const Events& ev, cudaStream_t stream, F&& f, double* host_us = nullptr) {
+  OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
+  const double h = host_us_of(f);
+  OPENMLA_CUDA_CHECK(cudaEventRecord(ev[1], stream));
+  OPENMLA_CUDA_CHECK(cudaEventSynchronize(ev[1]));
+  if (host_us != nullptr) *host_us = h;
+  return ev.ms(0, 1) * 1e3;
+}
+
 // Times the case: eager calls first (they also tell whether the operator exists), then a CUDA
 // graph holding one call per input set, replayed.
 void time_case(Case& k, const Options& opt, cudaStream_t stream, Result& r) {
@@ -385,11 +397,9 @@ void time_case(Case& k, const Options& opt, cudaStream_t stream, Result& r) {
     const int eager_reps = opt.quick ? 3 : 11;
     for (int i = 0; i < eager_reps; ++i) {
       InputSet& s = k.sets[(i + 1) % n];
-      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
-      host.push_back(host_us_of([&] { s.call(stream); }));
-      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[1], stream));
-      OPENMLA_CUDA_CHECK(cudaEventSynchronize(ev[1]));
-      eager.push_back(ev.ms(0, 1) * 1e3);
+      double h = 0;
+      eager.push_back(event_us(ev, stream, [&] { s.call(stream); }, &h));
+      host.push_back(h);
     }
   }
   r.eager_us = median(eager);
@@ -400,16 +410,10 @@ void time_case(Case& k, const Options& opt, cudaStream_t stream, Result& r) {
     for (int i = 0; i < (opt.quick ? 5 : 11); ++i) {
       InputSet& s = k.sets[(i + 1) % n];
       hold_stream(stream, 200.0);  // >> the host issue time of a call
-      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
-      s.call(stream);
-      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[1], stream));
-      OPENMLA_CUDA_CHECK(cudaEventSynchronize(ev[1]));
-      queued.push_back(ev.ms(0, 1) * 1e3);
-      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[0], stream));
-      empty_host.push_back(host_us_of([&] { launch_empty(stream); }));
-      OPENMLA_CUDA_CHECK(cudaEventRecord(ev[1], stream));
-      OPENMLA_CUDA_CHECK(cudaEventSynchronize(ev[1]));
-      empty.push_back(ev.ms(0, 1) * 1e3);
+      queued.push_back(event_us(ev, stream, [&] { s.call(stream); }));
+      double h = 0;
+      empty.push_back(event_us(ev, stream, [&] { launch_empty(stream); }, &h));
+      empty_host.push_back(h);
     }
     r.eager_queued_us = median(queued);
     r.empty_eager_us = median(empty);

@@ -546,6 +546,11 @@ __device__ __forceinline__ float piece_lse(float m, float scale, float lt) {
   return lt == 0.0f ? -INFINITY : fmaf(m, scale, logf(lt));
 }
 
+// The sync words of a pair, from its index + 1 as kept in s_ticket[1] and [2] (0: none).
+__device__ __forceinline__ int32_t* pair_sync_words(const DenseDecodeKernelParams& p, int tag) {
+  return p.plan.merge_sync + 2 * (tag - 1);
+}
+
 // Thread 0 of the first piece, after a barrier that follows every thread's fenced stores; `bulk`:
 // its tile went through the copy engine (wait for those writes to complete).
 __device__ __forceinline__ void signal_pair_done(int32_t* sync, bool bulk) {
@@ -831,7 +836,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // A pair merge's first piece stored through the copy engine (s_ticket[1] = 1 + its sync
       // index, thread 0's): signalled once those stores are complete, behind these loads.
       if (kMerge && tid == 0 && s_ticket[1] != 0) {
-        signal_pair_done(p.plan.merge_sync + 2 * (s_ticket[1] - 1), true);
+        signal_pair_done(pair_sync_words(p, s_ticket[1]), true);
         s_ticket[1] = 0;
       }
       if (p.q_tma) {
@@ -1066,101 +1071,101 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint8_t* tile = smem + L::kK;
     if (kMerge && s_ticket[0] != 0) {  // the second piece of a pair
       pair_merge<Elem>(p, s, rw, m, s_sum, acc0, m_block, hk, wg, tid, o, tile, q_full, q_par,
-                       p.plan.merge_sync + 2 * (s_ticket[2] - 1));
+                       pair_sync_words(p, s_ticket[2]));
     } else {
-    const bool via_tma = !s.last && (direct ? p.o_tma != 0 : p.a_tma != 0);
+      const bool via_tma = !s.last && (direct ? p.o_tma != 0 : p.a_tma != 0);
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int r = rw.r0 + 8 * i, rg = m_block * 64 + r;
-      const float lt = s_sum[r] + s_sum[64 + r];
-      const bool empty_row = lt == 0.0f;
-      const float inv = empty_row ? 0.0f : 1.0f / lt;
-      const float lse = empty_row ? INFINITY : piece_lse(m[i], p.scale, lt);
-      if (via_tma) {
-        // (rows past p.rows are written to shared memory too; the copy engine clips them)
-        const uint32_t sw = static_cast<uint32_t>(r & 7);
+      for (int i = 0; i < 2; ++i) {
+        const int r = rw.r0 + 8 * i, rg = m_block * 64 + r;
+        const float lt = s_sum[r] + s_sum[64 + r];
+        const bool empty_row = lt == 0.0f;
+        const float inv = empty_row ? 0.0f : 1.0f / lt;
+        const float lse = empty_row ? INFINITY : piece_lse(m[i], p.scale, lt);
+        if (via_tma) {
+          // (rows past p.rows are written to shared memory too; the copy engine clips them)
+          const uint32_t sw = static_cast<uint32_t>(r & 7);
+          if (direct) {
+#pragma unroll
+            for (int j = 0; j < 32; ++j) {
+              const int box = wg * 4 + j / 8;
+              *reinterpret_cast<uint32_t*>(tile + box * kChunkBytes + r * 128 +
+                                           (((j % 8) ^ sw) << 4) + 2 * rw.cq) =
+                  pack2<Elem>(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+            }
+          } else {
+#pragma unroll
+            for (int j = 0; j < 32; ++j) {
+              const int box = wg * 8 + j / 4;
+              const uint32_t unit = 2 * (j % 4) + rw.cq / 4;
+              *reinterpret_cast<float2*>(tile + box * kChunkBytes + r * 128 + ((unit ^ sw) << 4) +
+                                         4 * (rw.cq % 4)) =
+                  make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+            }
+          }
+        }
+        if (rg >= p.rows) continue;
+        const QueryRow qr = query_row(p, hk, rg);
         if (direct) {
+          if (!via_tma) {
+            Elem* out = out_row<Elem>(p, s.req, qr) + wg * 256 + rw.cq;
 #pragma unroll
-          for (int j = 0; j < 32; ++j) {
-            const int box = wg * 4 + j / 8;
-            *reinterpret_cast<uint32_t*>(tile + box * kChunkBytes + r * 128 +
-                                         (((j % 8) ^ sw) << 4) + 2 * rw.cq) =
-                pack2<Elem>(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+            for (int j = 0; j < 32; ++j)
+              *reinterpret_cast<uint32_t*>(out + 8 * j) =
+                  pack2<Elem>(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
           }
+          if (wg == 0 && lane % 4 == 0) *lse_at(p, s.req, qr) = lse;
         } else {
+          // Partial results: L2 evict-last (read by the combine right after; see ptx.cuh).
+          const uint64_t keep = l2_policy_evict_last();
+          const int64_t slot = accum_slot(p, acc0, s, hk, rg);
+          if (!via_tma) {
+            float* acc = p.plan.o_accum + slot * 512 + wg * 256 + rw.cq;
 #pragma unroll
-          for (int j = 0; j < 32; ++j) {
-            const int box = wg * 8 + j / 4;
-            const uint32_t unit = 2 * (j % 4) + rw.cq / 4;
-            *reinterpret_cast<float2*>(tile + box * kChunkBytes + r * 128 + ((unit ^ sw) << 4) +
-                                       4 * (rw.cq % 4)) =
-                make_float2(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
+            for (int j = 0; j < 32; ++j)
+              st_global_hint(acc + 8 * j, o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv, keep);
           }
+          if (wg == 0 && lane % 4 == 0)
+            st_global_hint(p.plan.lse_accum + slot, empty_row ? -INFINITY : lse, keep);
         }
       }
-      if (rg >= p.rows) continue;
-      const QueryRow qr = query_row(p, hk, rg);
-      if (direct) {
-        if (!via_tma) {
-          Elem* out = out_row<Elem>(p, s.req, qr) + wg * 256 + rw.cq;
-#pragma unroll
-          for (int j = 0; j < 32; ++j)
-            *reinterpret_cast<uint32_t*>(out + 8 * j) =
-                pack2<Elem>(o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv);
-        }
-        if (wg == 0 && lane % 4 == 0) *lse_at(p, s.req, qr) = lse;
-      } else {
-        // Partial results: L2 evict-last (read by the combine right after; see ptx.cuh).
+      if (via_tma) {
+        fence_proxy_async();
+        __syncthreads();
         const uint64_t keep = l2_policy_evict_last();
-        const int64_t slot = accum_slot(p, acc0, s, hk, rg);
-        if (!via_tma) {
-          float* acc = p.plan.o_accum + slot * 512 + wg * 256 + rw.cq;
+        const int r0 = m_block * 64;
+        if (direct) {
+          const QueryRow q0 = query_row(p, hk, r0);  // the box's first head and position
 #pragma unroll
-          for (int j = 0; j < 32; ++j)
-            st_global_hint(acc + 8 * j, o[4 * j + 2 * i] * inv, o[4 * j + 2 * i + 1] * inv, keep);
+          for (int c = 0; c < 8; ++c)
+            tma_store_4d_pred(&omap, tile + c * kChunkBytes, c * 64, q0.h, q0.s, s.req, keep,
+                              tid == 0);
+        } else {
+          const int piece = accum_piece(p, acc0, s, hk);
+#pragma unroll
+          for (int c = 0; c < 16; ++c)
+            tma_store_4d_pred(&amap, tile + c * kChunkBytes, c * 32, r0, piece, 0, keep, tid == 0);
         }
-        if (wg == 0 && lane % 4 == 0)
-          st_global_hint(p.plan.lse_accum + slot, empty_row ? -INFINITY : lse, keep);
+        // (every thread commits and waits: only thread 0's groups are non-empty)
+        bulk_commit();
+        bulk_wait_read();  // the stages may be refilled once the engine has read them
       }
-    }
-    if (via_tma) {
-      fence_proxy_async();
+      // A pair merge's first piece: every thread's stores (partials, lse) ordered before the
+      // signal (below, or at the next segment's start when the copy engine stored the tile).
+      if (kMerge && s_ticket[2] != 0) __threadfence();
+      // s_sum is rewritten by the next segment's epilogue only after its own barriers; the Q tile
+      // is rewritten only after this barrier, when both warpgroups are done with all wgmma.
       __syncthreads();
-      const uint64_t keep = l2_policy_evict_last();
-      const int r0 = m_block * 64;
-      if (direct) {
-        const QueryRow q0 = query_row(p, hk, r0);  // the box's first head and position
-#pragma unroll
-        for (int c = 0; c < 8; ++c)
-          tma_store_4d_pred(&omap, tile + c * kChunkBytes, c * 64, q0.h, q0.s, s.req, keep,
-                            tid == 0);
-      } else {
-        const int piece = accum_piece(p, acc0, s, hk);
-#pragma unroll
-        for (int c = 0; c < 16; ++c)
-          tma_store_4d_pred(&amap, tile + c * kChunkBytes, c * 32, r0, piece, 0, keep, tid == 0);
+      if (kMerge && tid == 0 && s_ticket[2] != 0) {
+        if (via_tma)
+          s_ticket[1] = s_ticket[2];  // (thread 0 signals at the next segment's start)
+        else
+          signal_pair_done(pair_sync_words(p, s_ticket[2]), false);
       }
-      // (every thread commits and waits: only thread 0's groups are non-empty)
-      bulk_commit();
-      bulk_wait_read();  // the stages may be refilled once the engine has read them
     }
-    // A pair merge's first piece: every thread's stores (partials, lse) ordered before the
-    // signal (below, or at the next segment's start when the copy engine stored the tile).
-    if (kMerge && s_ticket[2] != 0) __threadfence();
-    // s_sum is rewritten by the next segment's epilogue only after its own barriers; the Q tile
-    // is rewritten only after this barrier, when both warpgroups are done with all wgmma.
-    __syncthreads();
-    if (kMerge && tid == 0 && s_ticket[2] != 0) {
-      if (via_tma)
-        s_ticket[1] = s_ticket[2];  // (thread 0 signals at the next segment's start)
-      else
-        signal_pair_done(p.plan.merge_sync + 2 * (s_ticket[2] - 1), false);
-    }
-    }  // (not the second piece of a pair)
     OPENMLA_PROF_STAMP_FIRST(10);
   });
   if (kMerge && tid == 0 && s_ticket[1] != 0)
-    signal_pair_done(p.plan.merge_sync + 2 * (s_ticket[1] - 1), true);
+    signal_pair_done(pair_sync_words(p, s_ticket[1]), true);
   // The combine kernel (PDL) may be scheduled from here on; it waits for this grid to finish.
   grid_launch_dependents();
   OPENMLA_PROF_PRINT();
