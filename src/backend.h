@@ -39,8 +39,9 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
 struct DecodePlan::Impl {
   Device device;
   DecodePlanConfig config;
-  void* workspace = nullptr;  // device buffers of the schedule (CUDA), fixed size per config
-  size_t workspace_bytes = 0;
+  void* state = nullptr;  // the schedule's device buffers (CUDA), fixed size per config
+  size_t state_bytes = 0;
+  size_t call_workspace_bytes = 0;  // DecodePlan::workspace_bytes()
 };
 
 }  // namespace openmla

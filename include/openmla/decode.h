@@ -25,6 +25,12 @@ struct DecodePlanConfig {
   // Cost: a long request no longer spreads over the GPU, so small batches of long contexts run on
   // few SMs (b=1 uses ceil(s_q*h_q/h_kv/64) * h_kv CTAs).
   bool batch_invariant = false;
+  // Dense decode on CUDA: the plan does not hold the partial results of split requests (its
+  // largest buffer, sized by the SM count and s_q * h_q, not by the batch: ~34 MB at h_q = 128 on
+  // 132 SMs); every dense_decode call passes DenseDecodeParams::workspace instead. For engines
+  // that keep many plans alive (one per captured batch size): their calls can share one
+  // workspace per stream, or take it from the engine's allocator call by call.
+  bool external_workspace = false;
 };
 
 // Split-KV schedule living in fixed-size device buffers (CUDA-graph safe). On the CPU a plan is
@@ -47,6 +53,10 @@ class DecodePlan {
 
   const DecodePlanConfig& config() const;
   Device device() const;
+  // Bytes of DenseDecodeParams::workspace that a dense_decode call with this plan needs: 0 on the
+  // CPU, for sparse plans, and when the plan never splits a request (one schedule part). The
+  // same for every batch size of a given s_q, h_q, h_kv, d_qk and SM count.
+  size_t workspace_bytes() const;
 
   struct Impl;
   Impl* impl() const { return impl_.get(); }
@@ -71,6 +81,14 @@ struct DenseDecodeParams {
   bool causal = false;
   const DecodePlan* plan = nullptr;  // required on CUDA, ignored on the CPU
   Stream stream = nullptr;
+  // Scratch for the partial results of split requests (optional): a contiguous rank-1 tensor of
+  // any dtype on the device of q, at least plan->workspace_bytes() bytes, its data 256-byte
+  // aligned, sharing no memory with the other arguments. Required on CUDA when the plan was made
+  // with config.external_workspace (and workspace_bytes() > 0); otherwise, when given, it is used
+  // instead of the plan's own buffer. Nothing in it is kept between calls, but like the plan it
+  // is in use until the call's work on `stream` is done: calls sharing a workspace must not
+  // overlap on the GPU.
+  TensorView workspace;
 };
 
 void dense_decode(const DenseDecodeParams& params);

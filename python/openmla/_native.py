@@ -35,7 +35,7 @@ class DecodePlan:
     """Split-KV schedule of one decode step (C++ openmla::DecodePlan).
 
     DecodePlan(device, batch, h_q, s_q=1, h_kv=1, d_qk=576, causal=False, sparse=False, topk=0,
-               extra_topk=0, num_sms=0, batch_invariant=False)
+               extra_topk=0, num_sms=0, batch_invariant=False, external_workspace=False)
 
     device: 'cpu', 'cuda', 'cuda:N', a torch.device or an array whose device to use. One plan
     serves every layer of a step; call update(cache_seqlens) once per step (no host sync, CUDA
@@ -43,17 +43,24 @@ class DecodePlan:
     must not overlap on the GPU (its buffers hold their partial results and merge flags): issue
     them on one stream, and use one plan per concurrent stream. On the CPU a plan is accepted and
     ignored.
+
+    external_workspace=True: the plan holds no partial results of its own (its largest buffer,
+    ~34 MB at h_q=128 on 132 SMs, the same for every batch size); each dense_decode call then
+    passes workspace= (at least workspace_bytes bytes), e.g. one shared by the plans of every
+    captured batch size, or a fresh tensor from the framework's allocator per call.
     """
 
     __slots__ = ("_plan", "_key", "__weakref__")
 
     def __init__(self, device, batch: int, h_q: int, s_q: int = 1, h_kv: int = 1, d_qk: int = 576,
                  causal: bool = False, sparse: bool = False, topk: int = 0, extra_topk: int = 0,
-                 num_sms: int = 0, batch_invariant: bool = False):
+                 num_sms: int = 0, batch_invariant: bool = False,
+                 external_workspace: bool = False):
         kind, index = parse_device(device)
         self._plan = _C.DecodePlan(kind, index, int(batch), int(s_q), int(h_q), int(h_kv),
                                    int(d_qk), bool(causal), bool(sparse), int(topk),
-                                   int(extra_topk), int(num_sms), bool(batch_invariant))
+                                   int(extra_topk), int(num_sms), bool(batch_invariant),
+                                   bool(external_workspace))
         self._key = next(_plan_keys)
         _PLANS[self._key] = weakref.ref(self)
         weakref.finalize(self, _PLANS.pop, self._key, None)
@@ -75,6 +82,12 @@ class DecodePlan:
     @property
     def device(self) -> str:
         return self._plan.device
+
+    @property
+    def workspace_bytes(self) -> int:
+        """Bytes of dense_decode's workspace= for calls with this plan (0 on the CPU, for sparse
+        plans, and when no request is ever split)."""
+        return self._plan.workspace_bytes
 
     def __repr__(self) -> str:
         c = self._plan.config
@@ -149,21 +162,25 @@ def _decode_outputs(q, d_v, out, lse):
 
 
 def dense_decode(q, k_cache, block_table, cache_seqlens, *, plan=None, out=None, lse=None,
-                 d_v: int = 512, softmax_scale=None, causal: bool = False, stream=None):
+                 d_v: int = 512, softmax_scale=None, causal: bool = False, stream=None,
+                 workspace=None):
     """Dense MLA decode over a paged cache (SPEC §1). Returns (out, lse).
 
     q [b, s_q, h_q, d_qk] bf16|fp16; k_cache [num_pages, page_size, h_kv, d_qk]; block_table
     [b, max_pages] int32; cache_seqlens [b] int32; out [b, s_q, h_q, d_v]; lse [b, h_q, s_q] fp32.
     plan: a DecodePlan updated for this step (required on CUDA).
+    workspace: scratch for the partial results of split requests, a contiguous 1-D array of any
+    dtype, >= plan.workspace_bytes bytes, 256-byte aligned (required for plans made with
+    external_workspace=True; else it replaces the plan's own buffer for this call).
     """
     out, lse = _decode_outputs(q, d_v, out, lse)
     if compiling():
         _no_stream_when_compiling(stream)
         _ops().dense_decode(q, k_cache, block_table, cache_seqlens, out, lse, _plan_key(plan), d_v,
-                            _scale(softmax_scale), causal)
+                            _scale(softmax_scale), causal, workspace)
         return out, lse
     return _C.dense_decode(q, k_cache, block_table, cache_seqlens, out, lse, _plan_obj(plan), d_v,
-                           _scale(softmax_scale), causal, _stream(q, stream))
+                           _scale(softmax_scale), causal, _stream(q, stream), workspace)
 
 
 def sparse_decode(q, k_cache, indices, *, topk_length=None, attn_sink=None, extra_k_cache=None,

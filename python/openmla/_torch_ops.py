@@ -31,16 +31,17 @@ def _fmt(f: int):
 # ---------------------------------------------------------------- out= ops (native API)
 
 
-@_custom_op("openmla::dense_decode", mutates_args=("out", "lse"))
+@_custom_op("openmla::dense_decode", mutates_args=("out", "lse", "workspace"))
 def dense_decode(q: Tensor, k_cache: Tensor, block_table: Tensor, cache_seqlens: Tensor,
                  out: Tensor, lse: Tensor, plan_key: int, d_v: int, softmax_scale: float,
-                 causal: bool) -> None:
+                 causal: bool, workspace: Optional[Tensor]) -> None:
     _C.dense_decode(q, k_cache, block_table, cache_seqlens, out, lse, _native.plan_by_key(plan_key),
-                    d_v, softmax_scale, causal, current_stream(q))
+                    d_v, softmax_scale, causal, current_stream(q), workspace)
 
 
 @dense_decode.register_fake
-def _(q, k_cache, block_table, cache_seqlens, out, lse, plan_key, d_v, softmax_scale, causal):
+def _(q, k_cache, block_table, cache_seqlens, out, lse, plan_key, d_v, softmax_scale, causal,
+      workspace):
     return None
 
 

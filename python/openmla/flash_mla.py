@@ -262,15 +262,16 @@ def _check_hints(h, b, s_q, h_q, h_kv, fp8, topk):
 
 
 def _get_plan(dev, stream, b, s_q, h_q, h_kv, d_qk, causal, sparse, topk, extra_topk,
-              validate):
-    """(plan, pool key): a released plan of the same configuration and stream, or a new one."""
-    pool_key = (dev, stream, b, s_q, h_q, h_kv, d_qk, causal, sparse, topk, extra_topk)
+              validate, external=False):
+    """(plan, pool key): a released plan of the same configuration and stream, or a new one.
+    `external`: a plan without partial-result buffers of its own (each call passes a workspace)."""
+    pool_key = (dev, stream, b, s_q, h_q, h_kv, d_qk, causal, sparse, topk, extra_topk, external)
     plan = _take_plan(pool_key)
     if plan is not None:
         return plan, pool_key
     try:
         return _C.DecodePlan(dev[0], dev[1], b, s_q, h_q, h_kv, d_qk, causal, sparse, topk,
-                             extra_topk, 0, False), pool_key
+                             extra_topk, 0, False, external), pool_key
     except OpenMLAError:
         validate()  # the operator's own checks name the argument at fault (q, k_cache, ...)
         raise
@@ -293,6 +294,20 @@ def _commit(st, cfg, plan, pool_key):
 # ---------------------------------------------------------------- decode
 
 _F32 = torch.float32 if torch is not None else None
+_U8 = torch.uint8 if torch is not None else None
+_torch_capturing = torch.cuda.is_current_stream_capturing if torch is not None else None
+_WS: dict = {}  # (CUDA device index, stream) -> the eager torch path's workspace
+
+
+def _eager_workspace(q, index, stream, nbytes):
+    """The workspace of eager torch-path calls on `stream` (grown when a plan needs more; calls
+    on one stream are ordered, so they can share it like they share a plan)."""
+    ws = _WS.get((index, stream))
+    if ws is None or ws.numel() < nbytes:
+        ws = _WS[(index, stream)] = q.new_empty((nbytes,), dtype=_U8)
+    return ws
+
+
 _TorchTensor = torch.Tensor if torch is not None else ()
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) if torch is not None else None
 
@@ -307,12 +322,25 @@ def _dense_impl(q, k_cache, block_table, cache_seqlens, meta, head_dim_v, scale,
         dev = ("cuda", q.get_device()) if cuda else ("cpu", 0)
         stream = _raw_stream(dev[1]) if cuda else 0
         cfg, plan, pool_key, first = _dense_plan(st, q, k_cache, block_table, cache_seqlens,
-                                                 head_dim_v, scale, causal, shape, dev, stream)
+                                                 head_dim_v, scale, causal, shape, dev, stream,
+                                                 cuda)
         out = lse = None  # allocated by the extension (DLPack exchange API) or just below
         if type(q) not in CXX_ALLOC:
             b, s_q, h_q = shape[0], shape[1], shape[2]
             out = q.new_empty((b, s_q, h_q, head_dim_v))
             lse = q.new_empty((b, h_q, s_q), dtype=_F32)
+        # CUDA plans of the torch path hold no partial results (so the plans that captured
+        # graphs pin do not each keep ~34 MB): inside a capture each call takes a workspace from
+        # the caching allocator, i.e. the graph's pool, as FlashMLA does with its o_accum; eager
+        # calls reuse one per stream (stream-ordered, like the plans; saves ~2.5 us per call).
+        ws = None
+        cap = False
+        if plan is not None:
+            cap = _torch_capturing()
+            nbytes = plan.workspace_bytes
+            if nbytes:
+                ws = q.new_empty((nbytes,), dtype=_U8) if cap else _eager_workspace(
+                    q, dev[1], stream, nbytes)
     else:
         dev = device_of(q)
         stream = current_stream(q)
@@ -322,24 +350,29 @@ def _dense_impl(q, k_cache, block_table, cache_seqlens, meta, head_dim_v, scale,
         b, s_q, h_q, _ = q.shape
         out = empty(q, (b, s_q, h_q, head_dim_v))
         lse = empty(q, (b, h_q, s_q), "float32", "lse")
+        ws = None  # plans made on this path keep their own partial-result buffers; one made on
+        if plan is not None and plan.config["external_workspace"]:  # the torch path needs one
+            ws = empty(q, (plan.workspace_bytes,), "uint8", "workspace")
+        cap = plan is not None and capturing(q)
     try:
         out, lse = _C.dense_decode(q, k_cache, block_table, cache_seqlens, out, lse, plan,
-                                   head_dim_v, scale, causal, stream)
+                                   head_dim_v, scale, causal, stream, ws)
     except BaseException:
         if first and plan is not None:  # never freed here: we may be inside a capture
             _give_back(plan, pool_key)
         raise
     if first:  # the metadata is set by its first successful call
         _commit(st, cfg, plan, pool_key)
-    if plan is not None and not st.pinned and capturing(q):
+    if plan is not None and not st.pinned and cap:
         _pin(st)
     return out, lse
 
 
 def _dense_plan(st, q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal, shape, dev,
-                stream):
+                stream, external=False):
     """(cfg, plan, pool_key, first): the metadata's plan for this call; `first` when the metadata
-    is set up by this call (then pool_key says where the new plan came from)."""
+    is set up by this call (then pool_key says where the new plan came from). `external`: a new
+    plan is made without partial-result buffers (the caller passes a workspace per call)."""
     try:
         ks = k_cache.shape
         cfg = (False, shape, ks[1], ks[2], causal, dev, None, None, None)
@@ -350,12 +383,12 @@ def _dense_plan(st, q, k_cache, block_table, cache_seqlens, head_dim_v, scale, c
     if cfg is not None and st.config is not None:
         raise _mismatch(st.config, cfg)
     plan, pool_key = _first_dense(st, q, k_cache, block_table, cache_seqlens, head_dim_v, scale,
-                                  causal, dev, stream)
+                                  causal, dev, stream, external)
     return cfg, plan, pool_key, True
 
 
 def _first_dense(st, q, k_cache, block_table, cache_seqlens, head_dim_v, scale, causal, dev,
-                 stream):
+                 stream, external=False):
     """Checks the first use of a metadata and gets its plan (CUDA; None on the CPU)."""
     b, s_q, h_q, d_qk = shape_of(q, "q", 4, "[batch_size, seq_len_q, num_heads_q, head_dim]")
     h_kv = shape_of(k_cache, "k_cache", 4,
@@ -372,7 +405,7 @@ def _first_dense(st, q, k_cache, block_table, cache_seqlens, head_dim_v, scale, 
     if dev[0] != "cuda":
         return None, None
     plan, pool_key = _get_plan(dev, stream, b, s_q, h_q, h_kv, d_qk, causal, False, 0, 0,
-                               validate)
+                               validate, external)
     _update(plan, pool_key, cache_seqlens, stream)
     return plan, pool_key
 

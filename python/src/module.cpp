@@ -454,6 +454,7 @@ nb::dict config_dict(const DecodePlanConfig& c) {
   d["extra_topk"] = c.extra_topk;
   d["num_sms"] = c.num_sms;
   d["batch_invariant"] = c.batch_invariant;
+  d["external_workspace"] = c.external_workspace;
   return d;
 }
 
@@ -624,7 +625,7 @@ NB_MODULE(_C, m) {
           "__init__",
           [](DecodePlan* self, const std::string& device_type, int device_index, int batch, int s_q,
              int h_q, int h_kv, int d_qk, bool causal, bool sparse, int topk, int extra_topk,
-             int num_sms, bool batch_invariant) {
+             int num_sms, bool batch_invariant, bool external_workspace) {
             DecodePlanConfig c;
             c.batch = batch;
             c.s_q = s_q;
@@ -637,13 +638,15 @@ NB_MODULE(_C, m) {
             c.extra_topk = extra_topk;
             c.num_sms = num_sms;
             c.batch_invariant = batch_invariant;
+            c.external_workspace = external_workspace;
             const Device dev = parse_device(device_type, device_index);
             RelaxedCapture relaxed;
             new (self) DecodePlan(dev, c);
           },
           nb::arg("device_type"), nb::arg("device_index"), nb::arg("batch"), nb::arg("s_q"),
           nb::arg("h_q"), nb::arg("h_kv"), nb::arg("d_qk"), nb::arg("causal"), nb::arg("sparse"),
-          nb::arg("topk"), nb::arg("extra_topk"), nb::arg("num_sms"), nb::arg("batch_invariant"))
+          nb::arg("topk"), nb::arg("extra_topk"), nb::arg("num_sms"), nb::arg("batch_invariant"),
+          nb::arg("external_workspace") = false)
       .def(
           "update",
           [](DecodePlan& p, nb::handle cache_seqlens, uintptr_t stream) {
@@ -652,14 +655,15 @@ NB_MODULE(_C, m) {
           },
           nb::arg("cache_seqlens").none(), nb::arg("stream") = 0)
       .def_prop_ro("config", [](const DecodePlan& p) { return config_dict(p.config()); })
-      .def_prop_ro("device", [](const DecodePlan& p) { return device_name(p.device()); });
+      .def_prop_ro("device", [](const DecodePlan& p) { return device_name(p.device()); })
+      .def_prop_ro("workspace_bytes", [](const DecodePlan& p) { return p.workspace_bytes(); });
 
   // ---------------- operators (positional, as openmla/_native.py calls them) ----------------
   m.def(
       "dense_decode",
       [](nb::handle q, nb::handle k_cache, nb::handle block_table, nb::handle cache_seqlens,
          nb::handle out, nb::handle lse, const DecodePlan* plan, int d_v, float softmax_scale,
-         bool causal, uintptr_t stream) {
+         bool causal, uintptr_t stream, nb::handle workspace) {
         Args a;
         DenseDecodeParams p;
         p.q = a(q, "q");
@@ -675,6 +679,7 @@ NB_MODULE(_C, m) {
         p.softmax_scale = softmax_scale;
         p.causal = causal;
         p.stream = as_stream(stream);
+        p.workspace = a(workspace, "workspace");
         {
           ReleaseForCpu gil(p.q);
           dense_decode(p);
@@ -684,7 +689,7 @@ NB_MODULE(_C, m) {
       nb::arg("q").none(), nb::arg("k_cache").none(), nb::arg("block_table").none(),
       nb::arg("cache_seqlens").none(), nb::arg("out").none(), nb::arg("lse").none(),
       nb::arg("plan").none(), nb::arg("d_v"), nb::arg("softmax_scale"), nb::arg("causal"),
-      nb::arg("stream"),
+      nb::arg("stream"), nb::arg("workspace").none() = nb::none(),
       "Returns (out, lse); outputs passed as None are allocated like q where its framework "
       "offers the DLPack exchange allocator (torch), else they must be given.");
 

@@ -85,6 +85,11 @@ Device DecodePlan::device() const {
   check_not_moved_from(impl_.get());
   return impl_->device;
 }
+size_t DecodePlan::workspace_bytes() const {
+  check_not_moved_from(impl_.get());
+  if (impl_->device.type != DeviceType::kCUDA || impl_->config.sparse) return 0;
+  return impl_->call_workspace_bytes;
+}
 
 void DecodePlan::update(const TensorView& cache_seqlens, Stream stream) {
   check_not_moved_from(impl_.get());
@@ -151,6 +156,38 @@ static void check_decode_outputs(const TensorView& out, const TensorView& lse, c
   check::same_device(lse, "lse", dev);
 }
 
+// The optional per-call workspace of dense decode (DenseDecodeParams::workspace): its form
+// (before the overlap checks), then, once the plan is known to be valid, its size.
+static void check_workspace_tensor(const TensorView& w, Device dev) {
+  if (!w.present()) return;
+  check::tensor(w, "workspace", 1, "[bytes / element size] (any dtype, contiguous)");
+  check::same_device(w, "workspace", dev);
+}
+
+static void check_workspace(const DenseDecodeParams& p, Device dev) {
+  const TensorView& w = p.workspace;
+  const bool cuda_plan =
+      dev.type == DeviceType::kCUDA && p.plan != nullptr && p.plan->impl() != nullptr;
+  const size_t need = cuda_plan ? p.plan->workspace_bytes() : 0;
+  if (!w.present()) {
+    if (need > 0 && p.plan->config().external_workspace)
+      throw Error("workspace",
+                  "expected a workspace of at least " + std::to_string(need) +
+                      " bytes (DecodePlan::workspace_bytes()): the plan was made with "
+                      "config.external_workspace, got nothing");
+    return;
+  }
+  const size_t bytes = static_cast<size_t>(w.numel()) * dtype_size(w.dtype);
+  if (bytes < need)
+    check::fail("workspace",
+                "at least " + std::to_string(need) +
+                    " bytes (DecodePlan::workspace_bytes()), got " + std::to_string(bytes) +
+                    " bytes",
+                w);
+  if (need > 0 && reinterpret_cast<uintptr_t>(w.data) % 256 != 0)
+    check::fail("workspace", "a data pointer aligned to 256 bytes", w);
+}
+
 static void validate(const DenseDecodeParams& p) {
   check::tensor(p.q, "q", 4, "[b, s_q, h_q, d_qk]");
   check::dtype(p.q, "q", {DType::kBFloat16, DType::kFloat16});
@@ -197,9 +234,13 @@ static void validate(const DenseDecodeParams& p) {
                                                    {p.k_cache, "k_cache"},
                                                    {p.block_table, "block_table"},
                                                    {p.cache_seqlens, "cache_seqlens"}},
-                                            outs = {{p.out, "out"}, {p.lse, "lse"}};
+                                            outs = {{p.out, "out"},
+                                                    {p.lse, "lse"},
+                                                    {p.workspace, "workspace"}};
+  check_workspace_tensor(p.workspace, dev);
   check::outputs(outs, ins);
   check_plan(p.plan, dev, want);
+  check_workspace(p, dev);
   check::device_pointers(ins, outs);
 }
 

@@ -945,6 +945,28 @@ TEST(ValidationDenseDecode, Fp16AndD512AndGqaAccepted) {
   EXPECT_NO_THROW(c.run());
 }
 
+// DenseDecodeParams::workspace is optional and ignored by the CPU backend, but a given one is
+// still checked: rank 1, contiguous, on the device of q, sharing no memory with the outputs.
+TEST(ValidationDenseDecode, WorkspaceCheckedAndIgnoredOnTheCpu) {
+  DenseDecodeCase c;
+  HostTensor ws(DType::kUInt8, {64});
+  c.p.workspace = ws.view;
+  EXPECT_NO_THROW(c.run());
+  c.p.workspace.ndim = 2;
+  c.p.workspace.shape[1] = 1;
+  c.p.workspace.strides[1] = 1;
+  EXPECT_TRUE(throws_naming("workspace", c.call()));
+  c.p.workspace = ws.view;
+  c.p.workspace.strides[0] = 2;
+  EXPECT_TRUE(throws_naming("workspace", c.call()));
+  c.p.workspace = ws.view;
+  c.p.workspace.device = cuda_device(0);
+  EXPECT_TRUE(throws_naming("workspace", c.call()));
+  c.p.workspace = ws.view;
+  c.p.workspace.data = c.p.out.data;
+  EXPECT_TRUE(throws_naming("workspace", c.call()));
+}
+
 TEST(ValidationDenseDecode, QDtypeFloat32Rejected) {
   DenseDecodeCase c;
   c.p.q.dtype = kF32;

@@ -145,6 +145,34 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
   EXPECT_TRUE(same_o) << "out differs between two identical runs";
   EXPECT_TRUE(same_l) << "lse differs between two identical runs";
 
+  // A plan without partial buffers of its own (config.external_workspace): the partial results
+  // go to the call's workspace (poisoned: nothing may be read before it is written), same bits.
+  {
+    DecodePlanConfig ext = cfg;
+    ext.external_workspace = true;
+    DecodePlan ext_plan(cuda_device(0), ext);
+    EXPECT_EQ(ext_plan.workspace_bytes(), plan.workspace_bytes());
+    const int64_t ws_bytes = static_cast<int64_t>(std::max<size_t>(ext_plan.workspace_bytes(), 1));
+    DeviceTensor ws(HostTensor(DType::kUInt8, {ws_bytes}));
+    ws.poison();
+    dout.poison();
+    dlse.poison();
+    ext_plan.update(dseq.view);
+    DenseDecodeParams pw = decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view,
+                                         dlse.view, c.causal, &ext_plan);
+    pw.workspace = ws.view;
+    dense_decode(pw);
+    sync_device();
+    HostTensor out4 = dout.to_host(out), lse4 = dlse.to_host(lse);
+    int diff = 0;
+    out.for_each(
+        [&](int64_t o) { diff += memcmp(&out.storage[o * 2], &out4.storage[o * 2], 2) != 0; });
+    lse.for_each(
+        [&](int64_t o) { diff += memcmp(&lse.storage[o * 4], &lse4.storage[o * 4], 4) != 0; });
+    EXPECT_EQ(diff, 0) << "external workspace and the plan's own buffers differ in " << diff
+                       << " elements";
+  }
+
   // Batches of at most 8 are planned inside the attention kernel (no planner launch); the planner
   // kernel (forced by the development switch at plan creation) must give the same schedule, so
   // the same bits.
@@ -240,6 +268,78 @@ TEST_F(GpuTest, DenseDecodeBatchInvariantSameBitsAloneAndInABatch) {
       decode_params(q.view, kc.view, bt.view, seq.view, out_ref.view, lse_ref.view, true, nullptr));
   EXPECT_TRUE(close("out", out_b, out_ref, kDecodeOut));
   EXPECT_TRUE(close("lse", lse_b, lse_ref, kLse));
+}
+
+// DenseDecodeParams::workspace: its size depends on the SMs and the query rows, not on the
+// batch; a plan made with external_workspace requires it; a workspace too small, misaligned, of
+// the wrong rank or overlapping an output is refused before any launch, naming "workspace".
+TEST_F(GpuTest, DenseDecodeWorkspaceChecks) {
+  std::mt19937_64 rng(7);
+  const int b = 4, h_q = 128, d = 576, ps = 64, len = 2000, pages_per = (len + ps - 1) / ps;
+  HostTensor q(DType::kBFloat16, {b, 1, h_q, d}), kc(DType::kBFloat16, {b * pages_per, ps, 1, d});
+  HostTensor bt(DType::kInt32, {b, pages_per}), seq(DType::kInt32, {b});
+  fill_randn(q, rng);
+  fill_randn(kc, rng);
+  for (int i = 0; i < b; ++i) {
+    seq.set({i}, len);
+    for (int j = 0; j < pages_per; ++j) bt.set({i, j}, i * pages_per + j);
+  }
+  auto dq = DeviceTensor::from(q), dk = DeviceTensor::from(kc), dbt = DeviceTensor::from(bt),
+       dseq = DeviceTensor::from(seq);
+  DeviceTensor dout(HostTensor(DType::kBFloat16, {b, 1, h_q, 512})),
+      dlse(HostTensor(DType::kFloat32, {b, h_q, 1}));
+  DecodePlanConfig cfg;
+  cfg.batch = b;
+  cfg.h_q = h_q;
+  cfg.external_workspace = true;
+  DecodePlan plan(cuda_device(0), cfg);
+  cfg.batch = 100;
+  cfg.external_workspace = false;
+  const DecodePlan big(cuda_device(0), cfg);
+  const size_t need = plan.workspace_bytes();
+  ASSERT_GT(need, 0u);
+  EXPECT_EQ(big.workspace_bytes(), need);  // the same for every batch size
+  EXPECT_EQ(DecodePlan(Device{}, cfg).workspace_bytes(), 0u);  // the CPU needs none
+  plan.update(dseq.view);
+  DeviceTensor ws(HostTensor(DType::kUInt8, {static_cast<int64_t>(need) + 512}));
+  auto call = [&](const TensorView& w) {
+    DenseDecodeParams p =
+        decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view, dlse.view, false, &plan);
+    p.workspace = w;
+    dense_decode(p);
+  };
+  EXPECT_TRUE(throws_naming("workspace", [&] { call(TensorView{}); }));
+  TensorView small = ws.view;
+  small.shape[0] = static_cast<int64_t>(need) - 1;
+  EXPECT_TRUE(throws_naming("workspace", [&] { call(small); }));
+  TensorView shifted = ws.view;
+  shifted.data = static_cast<char*>(ws.data()) + 16;
+  shifted.shape[0] = static_cast<int64_t>(need) + 16;
+  EXPECT_TRUE(throws_naming("workspace", [&] { call(shifted); }));
+  TensorView rank2 = ws.view;
+  rank2.ndim = 2;
+  rank2.shape[1] = 1;
+  rank2.strides[1] = 1;
+  EXPECT_TRUE(throws_naming("workspace", [&] { call(rank2); }));
+  TensorView on_out = dout.view;  // the output's bytes as a workspace
+  on_out.ndim = 1;
+  on_out.dtype = DType::kUInt8;
+  on_out.shape[0] = static_cast<int64_t>(dout.bytes());
+  on_out.strides[0] = 1;
+  EXPECT_TRUE(throws_naming("workspace", [&] { call(on_out); }));
+  // A float32 workspace of enough elements is fine (any dtype), and gives the CPU reference.
+  DeviceTensor wsf(HostTensor(DType::kFloat32, {static_cast<int64_t>(need / 4) + 1}));
+  wsf.poison();
+  call(wsf.view);
+  sync_device();
+  HostTensor out(DType::kBFloat16, {b, 1, h_q, 512}), lse(DType::kFloat32, {b, h_q, 1});
+  dout.download(out);
+  dlse.download(lse);
+  HostTensor out_ref(DType::kBFloat16, {b, 1, h_q, 512}), lse_ref(DType::kFloat32, {b, h_q, 1});
+  dense_decode(decode_params(q.view, kc.view, bt.view, seq.view, out_ref.view, lse_ref.view,
+                             false, nullptr));
+  EXPECT_TRUE(close("out", out, out_ref, kDecodeOut));
+  EXPECT_TRUE(close("lse", lse, lse_ref, kLse));
 }
 
 std::vector<Case> cases() {

@@ -125,6 +125,44 @@ def test_native_dense_decode_plan_strides_and_side_stream(rng):
     assert_close(to_numpy(out), ref_out, **DECODE_OUT)
 
 
+def test_external_workspace_plans(rng):
+    """A plan made with external_workspace=True holds no partial results: each call passes a
+    workspace (any dtype, >= workspace_bytes), and gets the plan-owned result bit for bit; the
+    size does not depend on the batch; a missing or short workspace names the argument."""
+    b, h_q = 3, 128
+    host = decode_inputs(rng, b, 1, h_q, 1, 576, 64, BF16, [6000, 300, 4000])
+    q, k, bt, cs = (to_torch(x, "cuda") for x in host)
+    own = openmla.DecodePlan(q, batch=b, h_q=h_q)
+    ext = openmla.DecodePlan(q, batch=b, h_q=h_q, external_workspace=True)
+    n = ext.workspace_bytes
+    assert n > 0 and n == own.workspace_bytes
+    assert openmla.DecodePlan(q, batch=64, h_q=h_q, external_workspace=True).workspace_bytes == n
+    assert openmla.DecodePlan("cpu", batch=b, h_q=h_q).workspace_bytes == 0
+    assert ext.config["external_workspace"] and not own.config["external_workspace"]
+    own.update(cs)
+    ext.update(cs)
+    o1, l1 = openmla.dense_decode(q, k, bt, cs, plan=own)
+    ws = torch.full((n // 4 + 1,), float("nan"), device="cuda")  # float32 works too
+    o2, l2 = openmla.dense_decode(q, k, bt, cs, plan=ext, workspace=ws)
+    torch.cuda.synchronize()
+    assert torch.equal(o1, o2) and torch.equal(l1, l2)
+    for bad in (None, torch.empty(n - 1, dtype=torch.uint8, device="cuda")):
+        with pytest.raises(openmla.OpenMLAError) as e:
+            openmla.dense_decode(q, k, bt, cs, plan=ext, workspace=bad)
+        assert e.value.argument == "workspace", str(e.value)
+    # The FlashMLA interface keeps no partial results in its plans: eager calls share one
+    # workspace per stream, captured calls take theirs from the graph's pool (the CUDA-graph
+    # tests below replay such steps).
+    meta, _ = flash_mla.get_mla_metadata()
+    o3, l3 = flash_mla.flash_mla_with_kvcache(q, k, bt, cs, 512, meta, None)
+    torch.cuda.synchronize()
+    assert torch.equal(o1, o3) and torch.equal(l1, l3)
+    st = flash_mla._BY_ID[id(meta)]
+    assert st.plan.config["external_workspace"]
+    stream = torch.cuda.current_stream().cuda_stream
+    assert flash_mla._WS[(q.get_device(), stream)].numel() >= n
+
+
 def test_plan_validation_on_cuda(rng):
     host = decode_inputs(rng, 2, 1, 16, 1, 576, 64, BF16, [10, 20])
     q, k, bt, cs = (to_torch(x, "cuda") for x in host)

@@ -65,7 +65,11 @@ def test_opcheck_decode_ops(decode_case, sparse_case):
     out = torch.empty(2, 1, 8, 512, dtype=torch.bfloat16)
     lse = torch.empty(2, 8, 1)
     torch.library.opcheck(torch.ops.openmla.dense_decode.default,
-                          (q, k, bt, cs, out, lse, 0, 512, 0.0, False))
+                          (q, k, bt, cs, out, lse, 0, 512, 0.0, False, None))
+    # with a workspace (mutated; the CPU backend checks it and leaves it alone)
+    torch.library.opcheck(torch.ops.openmla.dense_decode.default,
+                          (q, k, bt, cs, out, lse, 0, 512, 0.0, False,
+                           torch.empty(256, dtype=torch.uint8)))
     meta, _ = flash_mla.get_mla_metadata()
     torch.library.opcheck(torch.ops.openmla.flash_mla_decode.default,
                           (q, k, bt, cs, meta, 512, 0.0, True))

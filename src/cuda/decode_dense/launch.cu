@@ -133,17 +133,17 @@ bool make_rows_map(const TensorView& t, const char* arg, int64_t group, int tile
   return true;
 }
 
-// The plan's partial outputs [accum_slots * h_kv][rows][512] fp32 as boxes of 64 rows x 32.
-bool make_accum_map(const PlanState& st, int64_t h_kv, CUtensorMap& map) {
-  if (st.buf.accum_slots <= 0) return false;
+// The partial outputs [accum_slots * h_kv][rows][512] fp32 (o_accum: the plan's or the call's
+// workspace) as boxes of 64 rows x 32.
+bool make_accum_map(const PlanState& st, float* o_accum, int64_t h_kv, CUtensorMap& map) {
+  if (st.buf.accum_slots <= 0 || o_accum == nullptr) return false;
   const uint64_t dims[4] = {512, static_cast<uint64_t>(st.rows),
                             static_cast<uint64_t>(st.buf.accum_slots * h_kv), 1};
   const uint64_t row = 512 * sizeof(float);
   const uint64_t strides[3] = {row, row * static_cast<uint64_t>(st.rows), row * dims[1] * dims[2]};
   const uint32_t box[4] = {32, 64, 1, 1};
   try {
-    map = make_tensor_map_4d("plan", st.buf.o_accum, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, dims, strides,
-                             box);
+    map = make_tensor_map_4d("plan", o_accum, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, dims, strides, box);
   } catch (const Error&) {
     return false;
   }
@@ -223,6 +223,9 @@ void dense_decode(const DenseDecodeParams& p) {
   kp.causal = p.causal ? 1 : 0;
   kp.fp16 = fp16 ? 1 : 0;
   kp.plan = st.buf;
+  // Partial results in the caller's workspace (checked by the API layer: big enough, aligned).
+  if (p.workspace.present() && st.slot_rows > 0)
+    set_partials(kp.plan, p.workspace.data, st.slot_rows);
 
   const auto stream = static_cast<cudaStream_t>(p.stream);
   const dim3 grid(st.m_blocks, static_cast<unsigned>(h_kv), st.buf.num_parts);
@@ -233,7 +236,7 @@ void dense_decode(const DenseDecodeParams& p) {
   kp.q_tma = tma && make_rows_map(p.q, "q", kp.group, tile, dtype, maps.q) ? 1 : 0;
   const bool tma_st = tma && !narrow && !tma_stores_disabled();
   kp.o_tma = tma_st && make_rows_map(p.out, "out", kp.group, 64, dtype, maps.out) ? 1 : 0;
-  kp.a_tma = tma_st && make_accum_map(st, h_kv, maps.accum) ? 1 : 0;
+  kp.a_tma = tma_st && make_accum_map(st, kp.plan.o_accum, h_kv, maps.accum) ? 1 : 0;
 #if defined(OPENMLA_DECODE_PROFILE)
   // Profile builds: OPENMLA_PROF_SKIP=attention|combine leaves that kernel out (wrong results;
   // for timing the other one alone).

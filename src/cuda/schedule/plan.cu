@@ -519,7 +519,14 @@ __global__ void __launch_bounds__(kGroups * 128) combine_wide_kernel(DenseDecode
 }  // namespace
 
 PlanState& plan_state(const DecodePlan& plan) {
-  return *static_cast<PlanState*>(plan.impl()->workspace);
+  return *static_cast<PlanState*>(plan.impl()->state);
+}
+
+size_t partials_offset(size_t slot_rows) { return (slot_rows * 4 + 255) / 256 * 256; }
+
+void set_partials(PlanBuffers& buf, void* base, size_t slot_rows) {
+  buf.lse_accum = static_cast<float*>(base);
+  buf.o_accum = reinterpret_cast<float*>(static_cast<char*>(base) + partials_offset(slot_rows));
 }
 
 void plan_create(DecodePlan::Impl& impl) {
@@ -553,10 +560,15 @@ void plan_create(DecodePlan::Impl& impl) {
                                       " schedule parts are not supported");
   const size_t b = static_cast<size_t>(std::max(c.batch, 1));
   const size_t slot_rows = static_cast<size_t>(st->buf.accum_slots) * c.h_kv * st->rows;
+  st->slot_rows = slot_rows;
   const size_t ints = st->buf.num_parts * kPlanMetaInts + 2 * b + 4 * st->buf.max_split_reqs + 1;
   const size_t sync_ints = st->buf.merge_pairs ? 2 * b * st->m_blocks * c.h_kv : 0;
-  const size_t bytes = ints * 4 + 16 + 256 + slot_rows * 4 + 256 + slot_rows * 512 * 4 + 256 +
-                       b * 16 + 256 + sync_ints * 4;
+  // The partial results (lse, then o, each 256-byte aligned): in the plan's allocation, or in
+  // the caller's per-call workspace (config.external_workspace).
+  const size_t partial_bytes =
+      slot_rows == 0 ? 0 : partials_offset(slot_rows) + slot_rows * 512 * 4;
+  const size_t own_partials = c.external_workspace ? 0 : partial_bytes;
+  const size_t bytes = ints * 4 + 16 + 256 + own_partials + 256 + b * 16 + 256 + sync_ints * 4;
   char* base = nullptr;
   try {
     OPENMLA_CUDA_CHECK(cudaMalloc(&base, bytes));
@@ -577,10 +589,10 @@ void plan_create(DecodePlan::Impl& impl) {
   off += st->buf.max_split_reqs * 16;
   st->buf.num_split_reqs = reinterpret_cast<int32_t*>(base + off);
   off = align(off + 4);
-  st->buf.lse_accum = reinterpret_cast<float*>(base + off);
-  off = align(off + slot_rows * 4);
-  st->buf.o_accum = reinterpret_cast<float*>(base + off);
-  off = align(off + slot_rows * 512 * 4);
+  if (own_partials > 0) {
+    set_partials(st->buf, base + off, slot_rows);
+    off = align(off + own_partials);
+  }
   st->scratch.prefix = reinterpret_cast<long long*>(base + off);
   st->scratch.first_part = reinterpret_cast<int*>(base + off + b * 8);
   st->scratch.last_part = reinterpret_cast<int*>(base + off + b * 12);
@@ -594,20 +606,21 @@ void plan_create(DecodePlan::Impl& impl) {
       OPENMLA_CUDA_CHECK(e);
     }
   }
-  impl.workspace = st;
-  impl.workspace_bytes = bytes;
+  impl.state = st;
+  impl.state_bytes = bytes;
+  impl.call_workspace_bytes = partial_bytes;
 }
 
 void plan_destroy(DecodePlan::Impl& impl) {
-  auto* st = static_cast<PlanState*>(impl.workspace);
+  auto* st = static_cast<PlanState*>(impl.state);
   if (!st) return;
   cudaFree(st->buf.meta);  // the base of the one allocation; no throw from a destructor
   delete st;
-  impl.workspace = nullptr;
+  impl.state = nullptr;
 }
 
 void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream stream) {
-  auto* st = static_cast<PlanState*>(impl.workspace);
+  auto* st = static_cast<PlanState*>(impl.state);
   if (impl.config.sparse)
     throw Error("plan",
                 "sparse decode plans are not implemented on CUDA yet (sparse decode issue)");

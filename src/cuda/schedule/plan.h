@@ -22,10 +22,16 @@ struct PlanState {
   PlanScratch scratch{};
   int m_blocks = 1;
   int rows = 1;  // query rows per KV head
+  size_t slot_rows = 0;  // accum_slots * h_kv * rows: rows of partial results
   bool updated = false;
 };
 
 PlanState& plan_state(const DecodePlan& plan);
+
+// Partial results in one buffer (the plan's, or a call's workspace): lse_accum [slot_rows] fp32
+// at its start, o_accum [slot_rows][512] fp32 at partials_offset (256-byte aligned).
+size_t partials_offset(size_t slot_rows);
+void set_partials(PlanBuffers& buf, void* base, size_t slot_rows);
 
 // Whether dense decode runs the narrow (transposed, <= 32 query rows per KV head) kernel for
 // `rows` query rows per KV head; the planner sizes its pieces by the kernel (decode_dense/
