@@ -34,6 +34,17 @@ DenseDecodeParams decode_params(const TensorView& q, const TensorView& k_cache,
   return p;
 }
 
+// Elements of out (2-byte) and lse whose bits differ between two downloads.
+int bit_diffs(const HostTensor& out, const HostTensor& out2, const HostTensor& lse,
+              const HostTensor& lse2) {
+  int diff = 0;
+  out.for_each(
+      [&](int64_t o) { diff += memcmp(&out.storage[o * 2], &out2.storage[o * 2], 2) != 0; });
+  lse.for_each(
+      [&](int64_t o) { diff += memcmp(&lse.storage[o * 4], &lse2.storage[o * 4], 4) != 0; });
+  return diff;
+}
+
 struct Case {
   int b, s_q, s_k, h_q, h_kv;
   bool causal, fp16;
@@ -163,12 +174,7 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
     pw.workspace = ws.view;
     dense_decode(pw);
     sync_device();
-    HostTensor out4 = dout.to_host(out), lse4 = dlse.to_host(lse);
-    int diff = 0;
-    out.for_each(
-        [&](int64_t o) { diff += memcmp(&out.storage[o * 2], &out4.storage[o * 2], 2) != 0; });
-    lse.for_each(
-        [&](int64_t o) { diff += memcmp(&lse.storage[o * 4], &lse4.storage[o * 4], 4) != 0; });
+    const int diff = bit_diffs(out, dout.to_host(out), lse, dlse.to_host(lse));
     EXPECT_EQ(diff, 0) << "external workspace and the plan's own buffers differ in " << diff
                        << " elements";
   }
@@ -186,12 +192,7 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
     dense_decode(decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view, dlse.view,
                                c.causal, &planner_plan));
     sync_device();
-    HostTensor out3 = dout.to_host(out), lse3 = dlse.to_host(lse);
-    int diff = 0;
-    out.for_each(
-        [&](int64_t o) { diff += memcmp(&out.storage[o * 2], &out3.storage[o * 2], 2) != 0; });
-    lse.for_each(
-        [&](int64_t o) { diff += memcmp(&lse.storage[o * 4], &lse3.storage[o * 4], 4) != 0; });
+    const int diff = bit_diffs(out, dout.to_host(out), lse, dlse.to_host(lse));
     EXPECT_EQ(diff, 0) << "inline plan and planner kernel differ in " << diff << " elements";
   }
 }
