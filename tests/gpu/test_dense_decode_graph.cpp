@@ -21,6 +21,7 @@ struct DenseCase {
   bool causal = false;
   int page = 64, d_qk = 576, h_kv = 1;
   DType dtype = DType::kBFloat16;
+  bool external_ws = false;  // DecodePlanConfig::external_workspace: a workspace per TwinSet
 };
 
 std::vector<DenseCase> cases() {
@@ -31,6 +32,10 @@ std::vector<DenseCase> cases() {
       {"h16_sq1", 5, 1, 16, 2000},
       {"h128_long_splitkv", 2, 1, 128, 6000},
       {"h128_b24_pair_merge", 24, 1, 128, 800},
+      // Plans without partial buffers: the calls' workspace is baked into the graph.
+      {"h128_long_splitkv_ext_ws", 2, 1, 128, 6000, false, 64, 576, 1, DType::kBFloat16, true},
+      {"h128_b24_pair_merge_ext_ws", 24, 1, 128, 800, false, 64, 576, 1, DType::kBFloat16,
+       true},
   };
 }
 
@@ -65,6 +70,18 @@ std::vector<int32_t> lengths_for(const DenseCase& c, std::mt19937_64& rng) {
 }
 
 // Builds the inputs of `c` with request lengths `len` in `t` (names as in DenseDecodeParams).
+DecodePlanConfig plan_config(const DenseCase& c) {
+  DecodePlanConfig pc;
+  pc.batch = c.b;
+  pc.s_q = c.s_q;
+  pc.h_q = c.h_q;
+  pc.h_kv = c.h_kv;
+  pc.d_qk = c.d_qk;
+  pc.causal = c.causal;
+  pc.external_workspace = c.external_ws;
+  return pc;
+}
+
 void build(const DenseCase& c, const std::vector<int32_t>& len, TwinSet& t, std::mt19937_64& rng) {
   int64_t pages_needed = 0;
   int max_pages = 1;
@@ -108,19 +125,13 @@ void build(const DenseCase& c, const std::vector<int32_t>& len, TwinSet& t, std:
   t.add("cache_seqlens", std::move(sl));
   t.add("out", HostTensor(c.dtype, {c.b, c.s_q, c.h_q, 512}, /*pad=*/16));
   t.add("lse", HostTensor(DType::kFloat32, {c.b, c.h_q, c.s_q}, /*pad=*/1));
+  if (c.external_ws) {
+    const size_t bytes = DecodePlan(cuda_device(0), plan_config(c)).workspace_bytes();
+    t.add("workspace", HostTensor(DType::kUInt8, {std::max<int64_t>(1, int64_t(bytes))}));
+  }
   t.upload_all();
 }
 
-DecodePlanConfig plan_config(const DenseCase& c) {
-  DecodePlanConfig pc;
-  pc.batch = c.b;
-  pc.s_q = c.s_q;
-  pc.h_q = c.h_q;
-  pc.h_kv = c.h_kv;
-  pc.d_qk = c.d_qk;
-  pc.causal = c.causal;
-  return pc;
-}
 
 auto params_maker(const DenseCase& c, const TwinSet& t, const DecodePlan* plan,
                   cudaStream_t stream = nullptr) {
@@ -136,6 +147,7 @@ auto params_maker(const DenseCase& c, const TwinSet& t, const DecodePlan* plan,
     if (s == Side::kDevice) {
       p.plan = plan;
       p.stream = stream;
+      if (c.external_ws) p.workspace = t.view("workspace", s);
     }
     return p;
   };
