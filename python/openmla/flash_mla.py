@@ -24,7 +24,9 @@ re-plans on every replay) and reused by later calls, which must have the same sh
 outside torch.compile regions; flash_mla_with_kvcache itself compiles (fullgraph) through the
 torch.library ops of openmla._torch_ops. A schedule made while a CUDA graph is captured is kept
 for the life of the process (graph replays read it); release_captured_plans() frees them once
-those graphs are gone.
+those graphs are gone. On CUDA with torch, plans hold no partial results: like FlashMLA's o_accum
+they live in the caching allocator (one workspace per stream for eager calls, the graph's pool
+for captured ones), so pinned plans cost kilobytes.
 
 Operators without a GPU kernel in this build (openmla.cuda_operators()) raise OpenMLAError naming
 the operator when given CUDA tensors; the CPU backend computes everything.
@@ -296,15 +298,23 @@ def _commit(st, cfg, plan, pool_key):
 _F32 = torch.float32 if torch is not None else None
 _U8 = torch.uint8 if torch is not None else None
 _torch_capturing = torch.cuda.is_current_stream_capturing if torch is not None else None
-_WS: dict = {}  # (CUDA device index, stream) -> the eager torch path's workspace
+# (CUDA device index, stream) -> the eager torch path's workspace, for the _WS_MAX streams used
+# last. Dropping one is safe while work that uses it is in flight: the caching allocator hands
+# its block out again only to allocations on the same stream, ordered after that work.
+_WS: "collections.OrderedDict" = collections.OrderedDict()
+_WS_MAX = 4
 
 
 def _eager_workspace(q, index, stream, nbytes):
     """The workspace of eager torch-path calls on `stream` (grown when a plan needs more; calls
     on one stream are ordered, so they can share it like they share a plan)."""
-    ws = _WS.get((index, stream))
+    key = (index, stream)
+    ws = _WS.get(key)
     if ws is None or ws.numel() < nbytes:
-        ws = _WS[(index, stream)] = q.new_empty((nbytes,), dtype=_U8)
+        ws = _WS[key] = q.new_empty((nbytes,), dtype=_U8)
+        _WS.move_to_end(key)
+        while len(_WS) > _WS_MAX:
+            _WS.popitem(last=False)
     return ws
 
 
