@@ -42,6 +42,7 @@ struct DecodePlan::Impl {
   void* state = nullptr;  // the schedule's device buffers (CUDA), fixed size per config
   size_t state_bytes = 0;
   size_t call_workspace_bytes = 0;  // DecodePlan::workspace_bytes()
+  int64_t updated_batch = -1;  // the batch of the last update (<= config.batch); -1: none yet
 };
 
 }  // namespace openmla

@@ -10,7 +10,7 @@ namespace openmla {
 // What a plan is made for. One plan serves every layer of one decode step (same shapes, same
 // cache_seqlens); `update` recomputes it on the device when the lengths change.
 struct DecodePlanConfig {
-  int batch = 0;
+  int batch = 0;  // the largest batch: update() and the calls take any batch up to it
   int s_q = 1;
   int h_q = 0;
   int h_kv = 1;
@@ -47,8 +47,10 @@ class DecodePlan {
   DecodePlan(const DecodePlan&) = delete;
   DecodePlan& operator=(const DecodePlan&) = delete;
 
-  // Recompute the schedule from cache_seqlens [batch] int32 (on the plan's device), without a host
-  // sync. For sparse plans cache_seqlens may be left out (ndim -1) or hold topk_length.
+  // Recompute the schedule from cache_seqlens [b] int32 (on the plan's device), without a host
+  // sync; b <= config.batch, and the calls until the next update have that batch (a plan made
+  // for the largest batch serves every smaller one, with the schedule and bits of a plan made
+  // for b). For sparse plans cache_seqlens may be left out (ndim -1) or hold topk_length.
   void update(const TensorView& cache_seqlens, Stream stream = nullptr);
 
   const DecodePlanConfig& config() const;

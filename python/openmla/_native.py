@@ -39,7 +39,8 @@ class DecodePlan:
 
     device: 'cpu', 'cuda', 'cuda:N', a torch.device or an array whose device to use. One plan
     serves every layer of a step; call update(cache_seqlens) once per step (no host sync, CUDA
-    graph safe). Keep a plan alive as long as any CUDA graph that uses it. Calls that use one plan
+    graph safe). batch is the largest batch: update() takes any batch up to it, and the calls
+    until the next update have that batch. Keep a plan alive as long as any CUDA graph that uses it. Calls that use one plan
     must not overlap on the GPU (its buffers hold their partial results and merge flags): issue
     them on one stream, and use one plan per concurrent stream. On the CPU a plan is accepted and
     ignored.

@@ -263,16 +263,27 @@ def _check_hints(h, b, s_q, h_q, h_kv, fp8, topk):
                     " (batch from cache_seqlens, num_q_tokens_per_head_k = s_q * h_q / h_kv)")
 
 
+def _batch_bucket(b: int) -> int:
+    """The batch a pooled plan is made for: a plan serves every batch up to its own, with the
+    schedule (and bits) of a plan made for that batch, so steps whose batch varies (continuous
+    batching) reuse plans of a few sizes: 8, 16, 32, ..."""
+    n = 8
+    while n < b:
+        n *= 2
+    return n
+
+
 def _get_plan(dev, stream, b, s_q, h_q, h_kv, d_qk, causal, sparse, topk, extra_topk,
               validate, external=False):
     """(plan, pool key): a released plan of the same configuration and stream, or a new one.
     `external`: a plan without partial-result buffers of its own (each call passes a workspace)."""
-    pool_key = (dev, stream, b, s_q, h_q, h_kv, d_qk, causal, sparse, topk, extra_topk, external)
+    nb = _batch_bucket(b)
+    pool_key = (dev, stream, nb, s_q, h_q, h_kv, d_qk, causal, sparse, topk, extra_topk, external)
     plan = _take_plan(pool_key)
     if plan is not None:
         return plan, pool_key
     try:
-        return _C.DecodePlan(dev[0], dev[1], b, s_q, h_q, h_kv, d_qk, causal, sparse, topk,
+        return _C.DecodePlan(dev[0], dev[1], nb, s_q, h_q, h_kv, d_qk, causal, sparse, topk,
                              extra_topk, 0, False, external), pool_key
     except OpenMLAError:
         validate()  # the operator's own checks name the argument at fault (q, k_cache, ...)

@@ -97,19 +97,28 @@ void DecodePlan::update(const TensorView& cache_seqlens, Stream stream) {
   if (!c.sparse || cache_seqlens.present()) {
     check::tensor(cache_seqlens, "cache_seqlens", 1, "[b]");
     check::dtype(cache_seqlens, "cache_seqlens", {DType::kInt32});
-    check::dim(cache_seqlens, "cache_seqlens", 0, c.batch, "config.batch");
+    if (cache_seqlens.shape[0] > c.batch)
+      check::fail("cache_seqlens",
+                  "at most config.batch = " + std::to_string(c.batch) +
+                      " requests in dim 0 (the largest batch the plan serves)",
+                  cache_seqlens);
     if (cache_seqlens.device != impl_->device)
       check::fail("cache_seqlens",
                   "a tensor on " + device_name(impl_->device) + " (the device of the plan)",
                   cache_seqlens);
     check::device_pointers({{cache_seqlens, "cache_seqlens"}});
   }
-  if (impl_->device.type == DeviceType::kCPU) return;  // the CPU backend needs no schedule
+  const int64_t batch = cache_seqlens.present() ? cache_seqlens.shape[0] : c.batch;
+  if (impl_->device.type == DeviceType::kCPU) {  // the CPU backend needs no schedule
+    impl_->updated_batch = batch;
+    return;
+  }
 #if defined(OPENMLA_WITH_CUDA)
   sm90::plan_update(*impl_, cache_seqlens, stream);
 #else
   (void)stream;
 #endif
+  impl_->updated_batch = batch;
 }
 
 static void check_plan(const DecodePlan* plan, Device device, const DecodePlanConfig& want) {
@@ -124,13 +133,18 @@ static void check_plan(const DecodePlan* plan, Device device, const DecodePlanCo
   if (plan->device() != device)
     throw Error("plan", "plan was made for " + device_name(plan->device()) + ", tensors are on " +
                             device_name(device));
-  if (c.batch != want.batch || c.s_q != want.s_q || c.h_q != want.h_q || c.h_kv != want.h_kv ||
+  if (want.batch > c.batch || c.s_q != want.s_q || c.h_q != want.h_q || c.h_kv != want.h_kv ||
       c.d_qk != want.d_qk || c.sparse != want.sparse || c.causal != want.causal)
-    throw Error("plan", "plan was made for other shapes (batch " + std::to_string(c.batch) +
+    throw Error("plan", "plan was made for other shapes (batch <= " + std::to_string(c.batch) +
                             ", s_q " + std::to_string(c.s_q) + ", h_q " + std::to_string(c.h_q) +
                             ", h_kv " + std::to_string(c.h_kv) + ", d_qk " +
                             std::to_string(c.d_qk) + ", causal " + std::to_string(c.causal) +
                             ", sparse " + std::to_string(c.sparse) + ") than this call");
+  const int64_t updated = plan->impl()->updated_batch;
+  if (updated >= 0 && updated != want.batch)
+    throw Error("plan", "plan was last updated for a batch of " + std::to_string(updated) +
+                            ", this call has " + std::to_string(want.batch) +
+                            ": update it with this step's cache_seqlens first");
   if (want.sparse && (c.topk != want.topk || c.extra_topk != want.extra_topk))
     throw Error("plan", "plan was made for topk " + std::to_string(c.topk) + " and extra_topk " +
                             std::to_string(c.extra_topk) + ", this call has " +

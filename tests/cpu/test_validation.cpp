@@ -935,7 +935,7 @@ TEST(ValidationMessages, PlanMismatchListsThePlanShapes) {
   c.all_on(cuda_device(0));
   c.p.plan = plan.get();
   EXPECT_TRUE(contains(error_message(c.call()),
-                       "plan: plan was made for other shapes (batch 2, s_q 2, h_q 8"));
+                       "plan: plan was made for other shapes (batch <= 2, s_q 2, h_q 8"));
 }
 
 // ---------------------------------------------------------------- dense decode
@@ -965,6 +965,20 @@ TEST(ValidationDenseDecode, WorkspaceCheckedAndIgnoredOnTheCpu) {
   c.p.workspace = ws.view;
   c.p.workspace.data = c.p.out.data;
   EXPECT_TRUE(throws_naming("workspace", c.call()));
+}
+
+// A plan serves any batch up to config.batch: update() refuses more requests, naming the lengths.
+TEST(ValidationDenseDecode, PlanServesBatchesUpToItsConfig) {
+  DenseDecodeCase c;  // b = 2
+  DecodePlanConfig cfg = c.plan_config();
+  cfg.batch = 1;
+  DecodePlan small(Device{}, cfg);
+  EXPECT_TRUE(throws_naming("cache_seqlens", [&] { small.update(c.p.cache_seqlens); }));
+  cfg.batch = 5;
+  DecodePlan big(Device{}, cfg);
+  EXPECT_NO_THROW(big.update(c.p.cache_seqlens));
+  c.p.plan = &big;
+  EXPECT_NO_THROW(c.run());  // (the CPU backend ignores plans)
 }
 
 TEST(ValidationDenseDecode, QDtypeFloat32Rejected) {

@@ -179,6 +179,33 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
                        << " elements";
   }
 
+  // A plan made for a larger batch serves this one (its choices are remade for the batch of each
+  // update): the same bits. Called with another batch than its last update's, it names the plan.
+  {
+    DecodePlanConfig big = cfg;
+    big.batch = c.b + 7;
+    DecodePlan big_plan(cuda_device(0), big);
+    dout.poison();
+    dlse.poison();
+    big_plan.update(dseq.view);
+    dense_decode(decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view, dlse.view,
+                               c.causal, &big_plan));
+    sync_device();
+    const int diff = bit_diffs(out, dout.to_host(out), lse, dlse.to_host(lse));
+    EXPECT_EQ(diff, 0) << "a plan made for batch " << big.batch << " differs in " << diff
+                       << " elements";
+    if (c.b > 1) {
+      TensorView fewer = dseq.view;
+      fewer.shape[0] = c.b - 1;
+      big_plan.update(fewer);
+      EXPECT_TRUE(throws_naming("plan", [&] {
+        dense_decode(decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view, dlse.view,
+                                   c.causal, &big_plan));
+      }));
+      sync_device();
+    }
+  }
+
   // Batches of at most 8 are planned inside the attention kernel (no planner launch); the planner
   // kernel (forced by the development switch at plan creation) must give the same schedule, so
   // the same bits.

@@ -259,6 +259,15 @@ def test_plans_are_reused_across_steps_and_never_freed_in_a_capture(rng):
     del meta  # the plan goes back to the pool ...
     meta = step()  # ... and serves the next step (no new device allocation)
     assert flash_mla._state(meta).plan is first_plan
+    # ... also when the batch changes within its size class (plans serve smaller batches)
+    del meta
+    meta, _ = flash_mla.get_mla_metadata()
+    o1, _ = flash_mla.flash_mla_with_kvcache(q[:1], k, bt[:1], cs[:1], 512, meta, None)
+    assert flash_mla._state(meta).plan is first_plan
+    r1, _ = openmla.dense_decode(host[0][:1], host[1], host[2][:1], host[3][:1])
+    torch.cuda.synchronize()
+    assert_close(to_numpy(o1), r1, **DECODE_OUT)
+    del meta
     # Metadata released while a graph is captured: nothing is freed (cudaFree would break the
     # capture); the pool may exceed its size until the capture ends.
     metas = [step() for _ in range(flash_mla._POOL_MAX + 2)]

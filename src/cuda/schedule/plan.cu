@@ -529,6 +529,19 @@ void set_partials(PlanBuffers& buf, void* base, size_t slot_rows) {
   buf.o_accum = reinterpret_cast<float*>(static_cast<char*>(base) + partials_offset(slot_rows));
 }
 
+// The choices that depend on the batch (PlanBuffers: combine grid, inline plan, pair merge): made
+// for config.batch at creation and remade by every update for the batch of its lengths, which may
+// be smaller (a plan serves any batch up to config.batch), so a plan behaves -- and rounds -- the
+// same whatever batch it was made for.
+void set_batch(PlanState& st, const DecodePlanConfig& c, int batch) {
+  st.buf.max_split_reqs = std::max(1, std::min(std::max(batch, 1), st.buf.num_parts - 1));
+  // Small batches are planned inside the attention kernel (PlanBuffers::inline_plan): one launch
+  // less per call. OPENMLA_DECODE_NO_INLINE_PLAN=1 (at creation) keeps the planner (development
+  // A/B).
+  st.buf.inline_plan = !c.batch_invariant && batch <= kInlinePlanMaxBatch && !st.no_inline;
+  st.buf.merge_pairs = st.can_merge && batch > kInlinePlanMaxBatch;
+}
+
 void plan_create(DecodePlan::Impl& impl) {
   const DecodePlanConfig& c = impl.config;
   OPENMLA_CUDA_CHECK(cudaSetDevice(impl.device.index));
@@ -542,19 +555,16 @@ void plan_create(DecodePlan::Impl& impl) {
   const int ctas_per_part = st->m_blocks * c.h_kv;
   st->buf.num_parts = std::max(1, sms / ctas_per_part);
   st->buf.accum_slots = 2 * (st->buf.num_parts - 1);
-  st->buf.max_split_reqs = std::max(1, std::min(std::max(c.batch, 1), st->buf.num_parts - 1));
   st->buf.fixed_cost = uses_narrow_kernel(st->rows) ? kFixedCostNarrow : kFixedCostMain;
-  // Small batches are planned inside the attention kernel (PlanBuffers::inline_plan): one launch
-  // less per call. OPENMLA_DECODE_NO_INLINE_PLAN=1 keeps the planner (development A/B).
-  st->buf.inline_plan = !c.batch_invariant && c.batch <= kInlinePlanMaxBatch &&
-                        !env_flag("OPENMLA_DECODE_NO_INLINE_PLAN");
+  st->no_inline = env_flag("OPENMLA_DECODE_NO_INLINE_PLAN");
   // Two-piece requests merged in the attention kernel: not for small batches (their planner-
   // kernel plans must give the inline plans' bits) nor more than two m blocks (s_q = 2 at
   // h_q = 128: that kernel build was 1.5-3 % slower on long contexts, merging or not, and the
   // combine it saves is ~0.5 % there). OPENMLA_DECODE_NO_PAIR_MERGE=1: development A/B.
-  st->buf.merge_pairs = !c.batch_invariant && c.batch > kInlinePlanMaxBatch &&
-                        !uses_narrow_kernel(st->rows) && st->m_blocks <= 2 &&
-                        !env_flag("OPENMLA_DECODE_NO_PAIR_MERGE");
+  st->can_merge = !c.batch_invariant && c.batch > kInlinePlanMaxBatch &&
+                  !uses_narrow_kernel(st->rows) && st->m_blocks <= 2 &&
+                  !env_flag("OPENMLA_DECODE_NO_PAIR_MERGE");
+  set_batch(*st, c, c.batch);
   if (2 * st->buf.num_parts > kMaxPieces)
     throw Error("config.num_sms", "more than " + std::to_string(kMaxPieces / 2) +
                                       " schedule parts are not supported");
@@ -562,7 +572,7 @@ void plan_create(DecodePlan::Impl& impl) {
   const size_t slot_rows = static_cast<size_t>(st->buf.accum_slots) * c.h_kv * st->rows;
   st->slot_rows = slot_rows;
   const size_t ints = st->buf.num_parts * kPlanMetaInts + 2 * b + 4 * st->buf.max_split_reqs + 1;
-  const size_t sync_ints = st->buf.merge_pairs ? 2 * b * st->m_blocks * c.h_kv : 0;
+  const size_t sync_ints = st->can_merge ? 2 * b * st->m_blocks * c.h_kv : 0;
   // The partial results (lse, then o, each 256-byte aligned): in the plan's allocation, or in
   // the caller's per-call workspace (config.external_workspace).
   const size_t partial_bytes =
@@ -624,15 +634,17 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
   if (impl.config.sparse)
     throw Error("plan",
                 "sparse decode plans are not implemented on CUDA yet (sparse decode issue)");
-  if (impl.config.batch == 0) return;
-  if (st->buf.inline_plan) {  // the attention kernel plans (PlanBuffers::inline_plan)
+  // This step's batch (<= config.batch, checked by the API layer).
+  const int batch = static_cast<int>(cache_seqlens.shape[0]);
+  set_batch(*st, impl.config, batch);
+  if (batch == 0 || st->buf.inline_plan) {  // inline: the attention kernel plans
     st->updated = true;
     return;
   }
-  launch_pdl(false, planner_kernel, dim3(1), dim3(kPlannerThreads), 0, static_cast<cudaStream_t>(stream),
-             static_cast<const int32_t*>(cache_seqlens.data), cache_seqlens.strides[0],
-             impl.config.batch, impl.config.batch_invariant ? 1 : 0, st->buf.fixed_cost, st->buf,
-             st->scratch);
+  launch_pdl(false, planner_kernel, dim3(1), dim3(kPlannerThreads), 0,
+             static_cast<cudaStream_t>(stream), static_cast<const int32_t*>(cache_seqlens.data),
+             cache_seqlens.strides[0], batch, impl.config.batch_invariant ? 1 : 0,
+             st->buf.fixed_cost, st->buf, st->scratch);
 #if defined(OPENMLA_DECODE_PROFILE)
   planner_prof_print<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>();
 #endif

@@ -24,6 +24,9 @@ struct PlanState {
   int rows = 1;  // query rows per KV head
   size_t slot_rows = 0;  // accum_slots * h_kv * rows: rows of partial results
   bool updated = false;
+  // Fixed at creation (development switches are read then): inline plans disabled; pair merges
+  // possible (sync words allocated for config.batch requests).
+  bool no_inline = false, can_merge = false;
 };
 
 PlanState& plan_state(const DecodePlan& plan);
