@@ -156,6 +156,20 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
   EXPECT_TRUE(same_o) << "out differs between two identical runs";
   EXPECT_TRUE(same_l) << "lse differs between two identical runs";
 
+  // The case again through another plan (and workspace), outputs re-poisoned: the number of
+  // out/lse elements whose bits differ from the first run's.
+  auto rerun_diffs = [&](DecodePlan& other, const TensorView& workspace) {
+    dout.poison();
+    dlse.poison();
+    other.update(dseq.view);
+    DenseDecodeParams po = decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view,
+                                         dlse.view, c.causal, &other);
+    po.workspace = workspace;
+    dense_decode(po);
+    sync_device();
+    return bit_diffs(out, dout.to_host(out), lse, dlse.to_host(lse));
+  };
+
   // A plan without partial buffers of its own (config.external_workspace): the partial results
   // go to the call's workspace (poisoned: nothing may be read before it is written), same bits.
   {
@@ -166,15 +180,7 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
     const int64_t ws_bytes = static_cast<int64_t>(std::max<size_t>(ext_plan.workspace_bytes(), 1));
     DeviceTensor ws(HostTensor(DType::kUInt8, {ws_bytes}));
     ws.poison();
-    dout.poison();
-    dlse.poison();
-    ext_plan.update(dseq.view);
-    DenseDecodeParams pw = decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view,
-                                         dlse.view, c.causal, &ext_plan);
-    pw.workspace = ws.view;
-    dense_decode(pw);
-    sync_device();
-    const int diff = bit_diffs(out, dout.to_host(out), lse, dlse.to_host(lse));
+    const int diff = rerun_diffs(ext_plan, ws.view);
     EXPECT_EQ(diff, 0) << "external workspace and the plan's own buffers differ in " << diff
                        << " elements";
   }
@@ -185,13 +191,7 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
     DecodePlanConfig big = cfg;
     big.batch = c.b + 7;
     DecodePlan big_plan(cuda_device(0), big);
-    dout.poison();
-    dlse.poison();
-    big_plan.update(dseq.view);
-    dense_decode(decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view, dlse.view,
-                               c.causal, &big_plan));
-    sync_device();
-    const int diff = bit_diffs(out, dout.to_host(out), lse, dlse.to_host(lse));
+    const int diff = rerun_diffs(big_plan, TensorView{});
     EXPECT_EQ(diff, 0) << "a plan made for batch " << big.batch << " differs in " << diff
                        << " elements";
     if (c.b > 1) {
@@ -213,13 +213,7 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
     setenv("OPENMLA_DECODE_NO_INLINE_PLAN", "1", 1);
     DecodePlan planner_plan(cuda_device(0), cfg);
     unsetenv("OPENMLA_DECODE_NO_INLINE_PLAN");
-    dout.poison();
-    dlse.poison();
-    planner_plan.update(dseq.view);
-    dense_decode(decode_params(dq.view, dk.view, dbt.view, dseq.view, dout.view, dlse.view,
-                               c.causal, &planner_plan));
-    sync_device();
-    const int diff = bit_diffs(out, dout.to_host(out), lse, dlse.to_host(lse));
+    const int diff = rerun_diffs(planner_plan, TensorView{});
     EXPECT_EQ(diff, 0) << "inline plan and planner kernel differ in " << diff << " elements";
   }
 }
