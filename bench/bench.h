@@ -2,6 +2,7 @@
 // anchors, host-side workload generation (SPEC §8), FLOP/byte counting, table and JSON output.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -13,6 +14,13 @@
 namespace openmla::bench {
 
 inline constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// The median of the timings `v` (sorted in place: v.front() is then the fastest).
+template <class T>
+T median(std::vector<T>& v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
 
 struct Options {
   std::vector<std::string> suites;  // empty: all

@@ -290,8 +290,7 @@ int run_cpu(const Options& opt, const std::vector<std::string>& suites, DeviceIn
         us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
         if (std::chrono::duration<double>(t1 - start).count() > budget_s && us.size() >= 1) break;
       }
-      std::sort(us.begin(), us.end());
-      r.graph_us = us[us.size() / 2];
+      r.graph_us = median(us);
       r.graph_min_us = us.front();
       r.replays = int(us.size());
       std::cerr << " " << format_double(r.graph_us / 1000.0, 3) << " ms\n";

@@ -46,8 +46,7 @@ double median_ms(cudaStream_t stream, int warmup, int reps, F&& body) {
     throw;
   }
   for (auto& e : ev) OPENMLA_CUDA_CHECK(cudaEventDestroy(e));
-  std::sort(ms.begin(), ms.end());
-  return ms[reps / 2];
+  return median(ms);
 }
 
 }  // namespace

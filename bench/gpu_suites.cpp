@@ -317,8 +317,7 @@ bool graph_time(Case& k, Which which, const Options& opt, double eager_us, cudaS
   OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
   std::vector<double> us(reps);
   for (int i = 0; i < reps; ++i) us[i] = ev.ms(i, i + 1) * 1e3 / n;
-  std::sort(us.begin(), us.end());
-  median_us = us[reps / 2];
+  median_us = median(us);
   min_us = us.front();
   replays = reps;
   return true;
@@ -354,12 +353,6 @@ double rested_time(Case& k, const Options& opt, cudaStream_t stream) {
   double sum = 0;
   for (int i = 0; i < reps; ++i) sum += ev.ms(2 * i, 2 * i + 1) * 1e3;
   return sum / reps;
-}
-
-// The median of `v` (sorted in place).
-double median(std::vector<double>& v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 // Host microseconds spent in f().

@@ -141,6 +141,10 @@ static void check_plan(const DecodePlan* plan, Device device, const DecodePlanCo
                             std::to_string(c.d_qk) + ", causal " + std::to_string(c.causal) +
                             ", sparse " + std::to_string(c.sparse) + ") than this call");
   const int64_t updated = plan->impl()->updated_batch;
+  if (updated < 0 && !want.sparse)  // (sparse plans cannot be updated on CUDA yet)
+    throw Error("plan",
+                "DecodePlan::update(cache_seqlens) must run (on this stream) before the "
+                "first dense_decode with the plan");
   if (updated >= 0 && updated != want.batch)
     throw Error("plan", "plan was last updated for a batch of " + std::to_string(updated) +
                             ", this call has " + std::to_string(want.batch) +

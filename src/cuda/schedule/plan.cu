@@ -637,10 +637,7 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
   // This step's batch (<= config.batch, checked by the API layer).
   const int batch = static_cast<int>(cache_seqlens.shape[0]);
   set_batch(*st, impl.config, batch);
-  if (batch == 0 || st->buf.inline_plan) {  // inline: the attention kernel plans
-    st->updated = true;
-    return;
-  }
+  if (batch == 0 || st->buf.inline_plan) return;  // inline: the attention kernel plans
   launch_pdl(false, planner_kernel, dim3(1), dim3(kPlannerThreads), 0,
              static_cast<cudaStream_t>(stream), static_cast<const int32_t*>(cache_seqlens.data),
              cache_seqlens.strides[0], batch, impl.config.batch_invariant ? 1 : 0,
@@ -648,7 +645,6 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
 #if defined(OPENMLA_DECODE_PROFILE)
   planner_prof_print<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>();
 #endif
-  st->updated = true;
 }
 
 void launch_combine(const DenseDecodeKernelParams& p, cudaStream_t stream) {

@@ -23,7 +23,6 @@ struct PlanState {
   int m_blocks = 1;
   int rows = 1;  // query rows per KV head
   size_t slot_rows = 0;  // accum_slots * h_kv * rows: rows of partial results
-  bool updated = false;
   // Fixed at creation (development switches are read then): inline plans disabled; pair merges
   // possible (sync words allocated for config.batch requests).
   bool no_inline = false, can_merge = false;
