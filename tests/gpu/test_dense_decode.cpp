@@ -218,6 +218,104 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
   }
 }
 
+// A KV-cache pool the size engines allocate (here 5.2 GB: more than 2^32 bytes and 2^31
+// elements), the requests' pages at its top: every cache address of the kernels must be formed
+// in 64 bits. The pool is NaN except those pages; the CPU reference reads the same tokens from a
+// compact copy (its own block table). Main kernel (h_q = 128, s_q = 2, causal, pages of 64) and
+// narrow kernel (h_q = 16, pages of 16: boxes issued by the producer's lanes).
+TEST_F(GpuTest, DenseDecodeLargeCachePool) {
+  const size_t pool_bytes = size_t(5200) << 20;
+  void* pool = nullptr;
+  if (cudaMalloc(&pool, pool_bytes) != cudaSuccess) {
+    (void)cudaGetLastError();
+    GTEST_SKIP() << "cannot allocate a " << (pool_bytes >> 20) << " MB cache pool";
+  }
+  struct PoolFree {
+    void* p;
+    ~PoolFree() { (void)cudaFree(p); }
+  } pool_free{pool};
+  OPENMLA_CUDA_CHECK(cudaMemset(pool, 0xff, pool_bytes));
+  struct Big {
+    int s_q, h_q, page;
+    bool causal;
+    std::vector<int> lens;
+  };
+  const Big cases[] = {{2, 128, 64, true, {700, 0, 1500}}, {1, 16, 16, false, {333, 1000, 64}}};
+  const int d = 576;
+  for (const Big& c : cases) {
+    SCOPED_TRACE("h_q " + std::to_string(c.h_q) + " page " + std::to_string(c.page));
+    std::mt19937_64 rng(4321 + c.h_q);
+    const int b = static_cast<int>(c.lens.size()), ps = c.page;
+    const int64_t page_elems = int64_t(ps) * d;
+    const int64_t num_pages = static_cast<int64_t>(pool_bytes / 2 / page_elems);
+    ASSERT_GT(num_pages * page_elems, int64_t(1) << 31);
+    int max_pages = 1, used = 0;
+    for (int l : c.lens) {
+      max_pages = std::max(max_pages, (l + ps - 1) / ps);
+      used += (l + ps - 1) / ps;
+    }
+    // Compact copy for the reference: page k of it is pool page num_pages - 1 - perm[k].
+    HostTensor kc(DType::kBFloat16, {used, ps, 1, d});
+    kc.fill_nan();
+    HostTensor bt_ref(DType::kInt32, {b, max_pages}), bt(DType::kInt32, {b, max_pages});
+    HostTensor seq(DType::kInt32, {b});
+    std::vector<int> perm(used);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::normal_distribution<double> nd(0.0, 0.1);
+    int next = 0;
+    for (int i = 0; i < b; ++i) {
+      seq.set({i}, c.lens[i]);
+      for (int j = 0; j < max_pages; ++j) {
+        if (j * ps < c.lens[i]) {
+          const int k = next++;
+          bt_ref.set({i, j}, k);
+          bt.set({i, j}, static_cast<double>(num_pages - 1 - perm[k]));
+          for (int t = 0; t < ps && j * ps + t < c.lens[i]; ++t)
+            for (int e = 0; e < d; ++e) kc.set({k, t, 0, e}, std::clamp(nd(rng), -1.0, 1.0));
+        } else {
+          bt_ref.set({i, j}, -7);
+          bt.set({i, j}, -7);
+        }
+      }
+    }
+    for (int k = 0; k < used; ++k)
+      OPENMLA_CUDA_CHECK(cudaMemcpy(
+          static_cast<uint16_t*>(pool) + (num_pages - 1 - perm[k]) * page_elems,
+          kc.storage.data() + int64_t(k) * page_elems * 2, page_elems * 2,
+          cudaMemcpyHostToDevice));
+    const TensorView dk = TensorView::contiguous(pool, DType::kBFloat16, cuda_device(0),
+                                                 {num_pages, ps, 1, d});
+
+    HostTensor q(DType::kBFloat16, {b, c.s_q, c.h_q, d});
+    fill_randn(q, rng);
+    HostTensor out_ref(DType::kBFloat16, {b, c.s_q, c.h_q, 512});
+    HostTensor lse_ref(DType::kFloat32, {b, c.h_q, c.s_q});
+    dense_decode(decode_params(q.view, kc.view, bt_ref.view, seq.view, out_ref.view,
+                               lse_ref.view, c.causal, nullptr));
+
+    HostTensor out = out_ref, lse = lse_ref;
+    auto dq = DeviceTensor::from(q), dbt = DeviceTensor::from(bt), dseq = DeviceTensor::from(seq);
+    DeviceTensor dout(out), dlse(lse);
+    dout.poison();
+    dlse.poison();
+    DecodePlanConfig cfg;
+    cfg.batch = b;
+    cfg.s_q = c.s_q;
+    cfg.h_q = c.h_q;
+    cfg.causal = c.causal;
+    DecodePlan plan(cuda_device(0), cfg);
+    plan.update(dseq.view);
+    dense_decode(decode_params(dq.view, dk, dbt.view, dseq.view, dout.view, dlse.view, c.causal,
+                               &plan));
+    sync_device();
+    dout.download(out);
+    dlse.download(lse);
+    EXPECT_TRUE(close("out", out, out_ref, kDecodeOut));
+    EXPECT_TRUE(close("lse", lse, lse_ref, kLse));
+  }
+}
+
 // With DecodePlanConfig::batch_invariant, a request's bits do not depend on its neighbours: the
 // same request alone and in the middle of a batch of others gives bit-identical out and lse, and
 // both match the CPU reference.
