@@ -105,9 +105,9 @@ uint64_t Config::seed() const {
 // ---------------- suites ----------------
 
 const std::vector<std::string>& gpu_suite_names() {
-  static const std::vector<std::string> names = {"dense-decode",         "dense-decode-latency",
-                                                 "dense-decode-bi",      "sparse-decode",
-                                                 "sparse-decode-model1", "sparse-prefill"};
+  static const std::vector<std::string> names = {
+      "dense-decode",  "dense-decode-latency", "dense-decode-bi", "dense-decode-pages",
+      "sparse-decode", "sparse-decode-model1", "sparse-prefill"};
   return names;
 }
 
@@ -160,6 +160,21 @@ std::vector<Config> gpu_suite(const std::string& name) {
       c.batch_invariant = true;
       v.push_back(c);
     }
+  } else if (name == "dense-decode-pages") {
+    // Not a SPEC §8 suite: the page sizes engines use besides 64 (1 in SGLang's default pool,
+    // 16/32 in vLLM's), on one compute-bound and one memory-bound cell of dense-decode (b=128,
+    // s_k=8192); page 64 is the same cell as there.
+    for (int h_q : {128, 16})
+      for (int page : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
+        Config c;
+        c.suite = name;
+        c.op = Op::kDenseDecode;
+        c.b = 128;
+        c.h_q = h_q;
+        c.s_k = 8192;
+        c.page = page;
+        v.push_back(c);
+      }
   } else if (name == "sparse-decode") {
     auto add = [&](int b, int h_q, int topk) {
       Config c;

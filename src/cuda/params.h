@@ -83,6 +83,12 @@ struct DenseDecodeKernelParams {
   int max_pages;
   const int32_t* seqlens;  // [b]
   int64_t seqlens_stride;
+  // The cache itself, for the narrow kernel's gathers (k_gather): strides in bytes.
+  const void* k;
+  int64_t k_stride_page, k_stride_tok, k_stride_h;
+  // Small pages (box_tokens <= 4, narrow kernel): 16-byte cp.async gathers by the producer's
+  // lanes instead of one copy-engine request per 1-4 tokens and 64 dims.
+  int k_gather;
   int num_pages, page_size, box_tokens;
   FastDiv page_div;  // division by page_size
   int box_shift;     // log2(box_tokens) (box_tokens = gcd(page_size, 64), a power of two)

@@ -152,6 +152,21 @@ bool make_accum_map(const PlanState& st, float* o_accum, int64_t h_kv, CUtensorM
 
 }  // namespace
 
+// The narrow kernel gathers boxes of at most this many tokens (pages of 1, 2, 4 and pages whose
+// gcd with 64 is that small) with 16-byte cp.async copies: each copy-engine request (a box of
+// 1-4 tokens x 64 dims) is issued by a ~16-instruction loop (its operands must be uniform), so
+// one producer warp issued at most ~0.5 TB/s of pages of 1; gathers reach ~2.1 TB/s at any page
+// size (the SM's outstanding copies), which beats the boxes up to pages of 4 (H200, b=128 h_q=16
+// s_k=8192: page 1 2334 -> 579 us, 2: 1293 -> 588, 4: 714 -> 562, 8: 494 -> 596). Development
+// switch for A/B measurements: OPENMLA_DECODE_GATHER_BOX=N (0: never gather).
+static int gather_max_box() {
+  static const int v = [] {
+    const char* e = std::getenv("OPENMLA_DECODE_GATHER_BOX");
+    return e != nullptr ? std::atoi(e) : 4;
+  }();
+  return v;
+}
+
 // Few query rows per KV head: the transposed, ring-buffered kernel. Development switch for A/B
 // measurements: OPENMLA_DECODE_NO_NARROW=1 sends every shape to the main kernel.
 bool uses_narrow_kernel(int rows) {
@@ -202,6 +217,10 @@ void dense_decode(const DenseDecodeParams& p) {
   kp.max_pages = static_cast<int>(p.block_table.shape[1]);
   kp.seqlens = static_cast<const int32_t*>(p.cache_seqlens.data);
   kp.seqlens_stride = p.cache_seqlens.strides[0];
+  kp.k = p.k_cache.data;
+  kp.k_stride_page = p.k_cache.strides[0] * 2;
+  kp.k_stride_tok = p.k_cache.strides[1] * 2;
+  kp.k_stride_h = p.k_cache.strides[2] * 2;
   kp.num_pages = static_cast<int>(num_pages);
   kp.page_size = static_cast<int>(page_size);
   kp.box_tokens = box_tokens;
@@ -226,6 +245,7 @@ void dense_decode(const DenseDecodeParams& p) {
   const auto stream = static_cast<cudaStream_t>(p.stream);
   const dim3 grid(st.m_blocks, static_cast<unsigned>(h_kv), st.buf.num_parts);
   const bool narrow = uses_narrow_kernel(st.rows);
+  kp.k_gather = narrow && box_tokens <= gather_max_box() ? 1 : 0;
   Maps maps{map, map, map, map};  // (q, out, accum: each unused unless its flag is set)
   const int tile = !narrow ? 64 : st.rows <= 16 ? 16 : 32;
   const bool tma = !tma_disabled();

@@ -16,7 +16,8 @@
 // One consumer warpgroup: per block j, S^T(j) -> column (= query row) maxima over the 64 tokens
 // (shuffles + one exchange through shared memory) -> P^T(j) -> O^T rescaled and O^T += V^T P^T,
 // with S^T(j+1) issued right behind P V(j). Any page size: a chunk is one TMA box when the page
-// size is a multiple of 64, else 64 / gcd(page size, 64) boxes issued by the producer's lanes.
+// size is a multiple of 64, else 64 / gcd(page size, 64) boxes issued by the producer's lanes,
+// or, for boxes of 1-4 tokens (p.k_gather), 16-byte cp.async gathers by those lanes.
 #pragma once
 
 #include "cuda/decode_dense/kernel.cuh"
@@ -25,6 +26,7 @@ namespace openmla::sm90::dense_decode_detail {
 
 inline constexpr int kNarrowThreads = 256;  // warpgroup 0: consumer; warp 4: producer
 inline constexpr int kNarrowBar = 1;        // named barrier of the consumer warpgroup
+inline constexpr int kGatherDepth = 8;      // gathered chunks in flight before one is signalled
 
 __host__ __device__ constexpr int align_up(int x, int a) { return (x + a - 1) / a * a; }
 
@@ -99,7 +101,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     tma_prefetch_desc(&kmap);
     if (p.q_tma) tma_prefetch_desc(&qmap);
     for (int i = 0; i < L::kSlots; ++i) {
-      mbar_init(&full[i], 1);
+      mbar_init(&full[i], p.k_gather ? 32 : 1);  // gathers: every producer lane arrives
       mbar_init(&empty[i], 1);
     }
     mbar_init(q_full, 1);
@@ -122,11 +124,72 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
       ++count;
       return slot;
     };
+    // Gathers (p.k_gather): chunks issued but not yet signalled full. Each lane waits for its own
+    // copies of a chunk, fences them for the tensor cores (async proxy) and arrives on the
+    // chunk's full barrier; up to kGatherDepth chunks stay in flight, and all of them are
+    // signalled before the producer blocks on a slot (the consumer may be waiting for them).
+    // (A second or fourth gathering warp, or 16 chunks in flight, were no faster: the SM's
+    // outstanding 16-byte copies are the limit, ~16 GB/s per SM.)
+    uint32_t signalled = 0;
+    auto signal_all = [&] {
+      cp_async_wait_all();
+      fence_proxy_async();
+      for (; signalled < count; ++signalled) mbar_arrive_pred(&full[signalled % L::kSlots], true);
+    };
+    auto acquire_gather_slot = [&] {
+      const int slot = static_cast<int>(count % L::kSlots);
+      const uint32_t parity = ((count / L::kSlots) & 1) ^ 1;
+      if (!__all_sync(0xffffffff, mbar_test_wait(&empty[slot], parity))) {
+        signal_all();
+        mbar_wait(&empty[slot], parity);
+      }
+      ++count;
+      return slot;
+    };
     for_each_segment(p, part, s_tab, [&](const Segment& seg) {
       const Segment s = uniform_segment(seg);
       const int req = s.req, len = s.len, blk_lo = s.blk_lo, blk_hi = s.blk_hi;
       const int32_t* table = p.block_table + static_cast<int64_t>(req) * p.bt_stride;
-      if (p.box_tokens == 64) {
+      if (p.k_gather) {
+        // 16-byte cp.async copies into the swizzled chunk layout: lane l moves 16-byte unit
+        // l % 8 of tokens 4 i + l / 8 (i < 16) of every chunk. Tokens at or past the length, and
+        // block-table entries outside the cache, are zero-filled without a read.
+        const uint8_t* kb = static_cast<const uint8_t*>(p.k) + hk * p.k_stride_h;
+        const int unit = lane & 7;
+        for (int blk = blk_lo; blk < blk_hi; ++blk) {
+          const int tok0 = blk * 64;
+          const uint8_t* src[16];
+          int ok_bits = 0;
+#pragma unroll
+          for (int i = 0; i < 16; ++i) {
+            const int t = tok0 + 4 * i + (lane >> 3);
+            const int page_idx = static_cast<int>(fast_div_apply(p.page_div, t));
+            const bool in_table = t < len && page_idx < p.max_pages;
+            const int page = ld_pred(table + (in_table ? page_idx : 0), in_table, -1);
+            const bool ok = page >= 0 && page < p.num_pages;
+            ok_bits |= ok ? 1 << i : 0;
+            src[i] = kb + (ok ? page * p.k_stride_page +
+                                    (t - page_idx * p.page_size) * p.k_stride_tok : 0) +
+                     unit * 16;
+          }
+          for (int c = 0; c < kChunks; ++c) {
+            uint8_t* dst = ring + acquire_gather_slot() * kChunkBytes;
+#pragma unroll
+            for (int i = 0; i < 16; ++i) {
+              const int r = 4 * i + (lane >> 3);
+              cp_async_16(dst + r * 128 + ((unit ^ (r & 7)) << 4), src[i] + c * 128,
+                          (ok_bits >> i) & 1 ? 16 : 0);
+            }
+            cp_async_commit();
+            if (count - signalled > kGatherDepth) {
+              cp_async_wait_group<kGatherDepth>();
+              fence_proxy_async();
+              mbar_arrive_pred(&full[signalled % L::kSlots], true);
+              ++signalled;
+            }
+          }
+        }
+      } else if (p.box_tokens == 64) {
         // Pages of 64k tokens: one box per chunk; lane l looks up block base + l's page.
         for (int base = blk_lo; base < blk_hi; base += 32) {
           const int nb = min(32, blk_hi - base);
@@ -175,6 +238,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
         }
       }
     });
+    if (p.k_gather) signal_all();
     return;
   }
 
