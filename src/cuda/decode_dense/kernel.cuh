@@ -651,7 +651,13 @@ __device__ __forceinline__ int block_boxes(const DenseDecodeKernelParams& p, int
   return (min(64, len - blk * 64) + p.box_tokens - 1) >> p.box_shift;
 }
 
-// The page holding box `wl` of block `blk` of segment `s` (one box per run of gcd(page_size, 64)
+// The box of a block that thread `wl` (0..127) of a warpgroup copies: box j goes to lane j / 4 of
+// warp j % 4, so the boxes of small pages are spread over the four warps (a copy-engine request
+// with per-thread coordinates is a ~16-instruction loop over the warp's active lanes: pages of 1
+// issue 16 boxes per warp and chunk instead of 32 in two warps).
+__device__ __forceinline__ int box_of(int wl) { return (wl % 32) * 4 + wl / 32; }
+
+// The page holding box box_of(wl) of block `blk` of segment `s` (one box per run of gcd(page_size, 64)
 // tokens of one page), or -1. Only block-table entries of tokens < len are read; an index past
 // the table becomes -1, and a page out of range (or -1) an out-of-bounds TMA box, which the copy
 // engine fills with zeros. The load is issued well before the refill that uses it, so the
@@ -661,8 +667,9 @@ __device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const 
   const int box = p.box_tokens;
   const int tok0 = blk * 64;
   const int nbox = block_boxes(p, s.len, blk);
-  const int page_idx = page_of(p, tok0 + wl * box);
-  const bool in_table = wl < nbox && page_idx < p.max_pages;
+  const int j = box_of(wl);
+  const int page_idx = page_of(p, tok0 + j * box);
+  const bool in_table = j < nbox && page_idx < p.max_pages;
   const int32_t* entry = p.block_table + static_cast<int64_t>(s.req) * p.bt_stride +
                          (in_table ? page_idx : 0);
   return ld_pred(entry, in_table, -1);
@@ -672,7 +679,7 @@ __device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const 
 // `stage`, each chunk completing on its own full barrier; `page` is box_page(blk) of this
 // thread. Called by all 128 threads of a warpgroup without branching (predicated instructions
 // only: a divergent path next to wgmma makes ptxas serialize them): thread 0 arms the barriers,
-// thread j issues box j. The transaction count may briefly go negative when a box lands before
+// thread wl issues box box_of(wl). The transaction count may briefly go negative when a box lands before
 // its barrier is armed, which mbarriers allow.
 template <int kChunks>
 __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
@@ -683,8 +690,9 @@ __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
   const int box = p.box_tokens;
   const int tok0 = blk * 64;
   const int nbox = block_boxes(p, s.len, blk);
-  const int t = tok0 + wl * box;
-  const bool issue = wl < nbox;
+  const int j = box_of(wl);
+  const int t = tok0 + j * box;
+  const bool issue = j < nbox;
   const int in_page = t - page_of(p, t) * p.page_size;
   const uint32_t bytes = static_cast<uint32_t>(nbox * box * 128);
 #pragma unroll
@@ -692,7 +700,7 @@ __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
     if (i < i0 || i >= i1) continue;
     const int c = chunk_at<kChunks>(stage, i);
     mbar_arrive_expect_tx_pred(&stage_full[c], bytes, wl == 0);
-    tma_load_4d_pred(stage_base + c * kChunkBytes + wl * box * 128, kmap, &stage_full[c], c * 64,
+    tma_load_4d_pred(stage_base + c * kChunkBytes + j * box * 128, kmap, &stage_full[c], c * 64,
                      hk, in_page, page, policy, issue);
   }
 }
