@@ -86,8 +86,8 @@ struct DenseDecodeKernelParams {
   // The cache itself, for the narrow kernel's gathers (k_gather): strides in bytes.
   const void* k;
   int64_t k_stride_page, k_stride_tok, k_stride_h;
-  // Small pages (box_tokens <= 4, narrow kernel): 16-byte cp.async gathers by the producer's
-  // lanes instead of one copy-engine request per 1-4 tokens and 64 dims.
+  // Pages of 1 token (narrow kernel): 16-byte cp.async gathers by the producer's lanes instead
+  // of one copy-engine request per token and 64 dims.
   int k_gather;
   int num_pages, page_size, box_tokens;
   FastDiv page_div;  // division by page_size

@@ -222,7 +222,7 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
 // elements), the requests' pages at its top: every cache address of the kernels must be formed
 // in 64 bits. The pool is NaN except those pages; the CPU reference reads the same tokens from a
 // compact copy (its own block table). Main kernel (h_q = 128, s_q = 2, causal, pages of 64) and
-// narrow kernel (h_q = 16, pages of 16: boxes issued by the producer's lanes; pages of 2:
+// narrow kernel (h_q = 16, pages of 16: boxes issued by the producers' lanes; pages of 1:
 // 16-byte gathers).
 TEST_F(GpuTest, DenseDecodeLargeCachePool) {
   const size_t pool_bytes = size_t(5200) << 20;
@@ -243,7 +243,7 @@ TEST_F(GpuTest, DenseDecodeLargeCachePool) {
   };
   const Big cases[] = {{2, 128, 64, true, {700, 0, 1500}},
                        {1, 16, 16, false, {333, 1000, 64}},
-                       {1, 16, 2, false, {333, 1000, 64}}};
+                       {1, 16, 1, false, {333, 1000, 64}}};
   const int d = 576;
   for (const Big& c : cases) {
     SCOPED_TRACE("h_q " + std::to_string(c.h_q) + " page " + std::to_string(c.page));
@@ -486,9 +486,9 @@ std::vector<Case> cases() {
   // Page sizes.
   for (int ps : {1, 16, 32, 128, 256})
     v.push_back({6, 1, 140, 16, 1, false, false, 576, ps, true, 0});
-  // Pages of 1-8 tokens in the narrow kernel (1-4: 16-byte gathers instead of copy-engine boxes;
-  // 8: boxes of 8 tokens): fp16 d 512 s_q 2 with 32 rows and strided q, two KV heads, a long
-  // single request.
+  // Pages of 1-8 tokens in the narrow kernel (1: 16-byte gathers instead of copy-engine boxes;
+  // 2-8: boxes issued by four warps): fp16 d 512 s_q 2 with 32 rows and strided q, two KV heads,
+  // a long single request.
   v.push_back({5, 2, 700, 16, 1, true, true, 512, 1, true, 8});
   v.push_back({4, 1, 1000, 32, 2, false, false, 576, 8, true, 0});
   v.push_back({3, 1, 2000, 16, 1, false, false, 576, 2, false, 0});

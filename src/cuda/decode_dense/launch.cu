@@ -152,17 +152,17 @@ bool make_accum_map(const PlanState& st, float* o_accum, int64_t h_kv, CUtensorM
 
 }  // namespace
 
-// The narrow kernel gathers boxes of at most this many tokens (pages of 1, 2, 4 and pages whose
-// gcd with 64 is that small) with 16-byte cp.async copies: each copy-engine request (a box of
-// 1-4 tokens x 64 dims) is issued by a ~16-instruction loop (its operands must be uniform), so
-// one producer warp issued at most ~0.5 TB/s of pages of 1; gathers reach ~2.1 TB/s at any page
-// size (the SM's outstanding copies), which beats the boxes up to pages of 4 (H200, b=128 h_q=16
-// s_k=8192: page 1 2334 -> 579 us, 2: 1293 -> 588, 4: 714 -> 562, 8: 494 -> 596). Development
+// The narrow kernel gathers pages of 1 token (boxes of at most this many tokens) with 16-byte
+// cp.async copies instead of copy-engine boxes of 1 token x 64 dims: each box with per-thread
+// coordinates is a ~16-instruction issue loop, so even four issuing warps stream pages of 1 at
+// only ~1.6 TB/s, the gathers at ~2.1 TB/s (the SM's outstanding copies); from pages of 2 the
+// four warps' boxes are faster. H200, b=128 h_q=16 s_k=8192 (quick, us): page 1 gathers 598,
+// boxes 691 (one warp: 2334); page 2 gathers 611, boxes 418; page 4 578 / 293. Development
 // switch for A/B measurements: OPENMLA_DECODE_GATHER_BOX=N (0: never gather).
 static int gather_max_box() {
   static const int v = [] {
     const char* e = std::getenv("OPENMLA_DECODE_GATHER_BOX");
-    return e != nullptr ? std::atoi(e) : 4;
+    return e != nullptr ? std::atoi(e) : 1;
   }();
   return v;
 }

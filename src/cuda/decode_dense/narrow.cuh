@@ -16,8 +16,9 @@
 // One consumer warpgroup: per block j, S^T(j) -> column (= query row) maxima over the 64 tokens
 // (shuffles + one exchange through shared memory) -> P^T(j) -> O^T rescaled and O^T += V^T P^T,
 // with S^T(j+1) issued right behind P V(j). Any page size: a chunk is one TMA box when the page
-// size is a multiple of 64, else 64 / gcd(page size, 64) boxes issued by the producer's lanes,
-// or, for boxes of 1-4 tokens (p.k_gather), 16-byte cp.async gathers by those lanes.
+// size is a multiple of 64, else 64 / gcd(page size, 64) boxes issued by the lanes of four
+// producer warps (every fourth chunk each), or, for pages of 1 (p.k_gather), 16-byte cp.async
+// gathers by the lanes of one.
 #pragma once
 
 #include "cuda/decode_dense/kernel.cuh"
@@ -27,6 +28,9 @@ namespace openmla::sm90::dense_decode_detail {
 inline constexpr int kNarrowThreads = 256;  // warpgroup 0: consumer; warp 4: producer
 inline constexpr int kNarrowBar = 1;        // named barrier of the consumer warpgroup
 inline constexpr int kGatherDepth = 8;      // gathered chunks in flight before one is signalled
+// Warps issuing the copy-engine boxes of pages smaller than 64 tokens (each box with per-thread
+// coordinates is a ~16-instruction loop over the warp's active lanes).
+inline constexpr int kSmallPageWarps = 4;
 
 __host__ __device__ constexpr int align_up(int x, int a) { return (x + a - 1) / a * a; }
 
@@ -112,7 +116,9 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
 
   if (wg == 1) {
     // ===== producer: warp 4 streams every chunk of every block of this part into the ring =====
-    if (warp != 4) return;
+    // (Boxes of fewer than 64 tokens: warps 4-7, each issuing every fourth chunk.)
+    const int pw = p.box_tokens < 64 && !p.k_gather ? kSmallPageWarps : 1, wi = warp - 4;
+    if (wi >= pw) return;
     const uint64_t policy = l2_policy_evict_first();
     uint32_t count = 0;
     uint8_t* ring = smem + L::kRing;
@@ -129,7 +135,8 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     // chunk's full barrier; up to kGatherDepth chunks stay in flight, and all of them are
     // signalled before the producer blocks on a slot (the consumer may be waiting for them).
     // (A second or fourth gathering warp, or 16 chunks in flight, were no faster: the SM's
-    // outstanding 16-byte copies are the limit, ~16 GB/s per SM.)
+    // outstanding 16-byte copies are the limit, ~16 GB/s per SM. Neither was splitting each
+    // block's chunks between this warp and a warp issuing boxes, beyond ~10 % at pages of 4.)
     uint32_t signalled = 0;
     auto signal_all = [&] {
       cp_async_wait_all();
@@ -227,6 +234,10 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
           }
           const uint32_t bytes = static_cast<uint32_t>(nbox * box * 128);
           for (int c = 0; c < kChunks; ++c) {
+            if (static_cast<int>(count % pw) != wi) {  // another warp's chunk
+              ++count;
+              continue;
+            }
             const int slot = acquire_slot(bytes);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
