@@ -657,11 +657,11 @@ __device__ __forceinline__ int block_boxes(const DenseDecodeKernelParams& p, int
 // issue 16 boxes per warp and chunk instead of 32 in two warps).
 __device__ __forceinline__ int box_of(int wl) { return (wl % 32) * 4 + wl / 32; }
 
-// The page holding box box_of(wl) of block `blk` of segment `s` (one box per run of gcd(page_size, 64)
-// tokens of one page), or -1. Only block-table entries of tokens < len are read; an index past
-// the table becomes -1, and a page out of range (or -1) an out-of-bounds TMA box, which the copy
-// engine fills with zeros. The load is issued well before the refill that uses it, so the
-// block-table latency is not on the refill's critical path.
+// The page holding box box_of(wl) of block `blk` of segment `s` (one box per run of
+// gcd(page_size, 64) tokens of one page), or -1. Only block-table entries of tokens < len are
+// read; an index past the table becomes -1, and a page out of range (or -1) an out-of-bounds TMA
+// box, which the copy engine fills with zeros. The load is issued well before the refill that
+// uses it, so the block-table latency is not on the refill's critical path.
 __device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const Segment& s,
                                         int blk, int wl) {
   const int box = p.box_tokens;
@@ -679,8 +679,8 @@ __device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const 
 // `stage`, each chunk completing on its own full barrier; `page` is box_page(blk) of this
 // thread. Called by all 128 threads of a warpgroup without branching (predicated instructions
 // only: a divergent path next to wgmma makes ptxas serialize them): thread 0 arms the barriers,
-// thread wl issues box box_of(wl). The transaction count may briefly go negative when a box lands before
-// its barrier is armed, which mbarriers allow.
+// thread wl issues box box_of(wl). The transaction count may briefly go negative when a box
+// lands before its barrier is armed, which mbarriers allow.
 template <int kChunks>
 __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
                                             const CUtensorMap* kmap, uint8_t* stage_base,
