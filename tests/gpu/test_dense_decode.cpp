@@ -492,6 +492,8 @@ std::vector<Case> cases() {
   v.push_back({5, 2, 700, 16, 1, true, true, 512, 1, true, 8});
   v.push_back({4, 1, 1000, 32, 2, false, false, 576, 8, true, 0});
   v.push_back({3, 1, 2000, 16, 1, false, false, 576, 2, false, 0});
+  v.push_back({4, 1, 1000, 32, 2, false, false, 576, 1, true, 0});  // gathers, two KV heads
+  v.push_back({2, 2, 300, 64, 8, true, false, 576, 1, true, 0});    // gathers, eight KV heads
   // Pages that are not powers of two (boxes of gcd(page, 64) tokens; the kernels divide by the
   // page size with a multiply and a shift), and small pages through the main (64-row) kernel.
   v.push_back({6, 1, 140, 64, 1, false, false, 576, 16, true, 0});
