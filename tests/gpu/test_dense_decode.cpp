@@ -121,13 +121,8 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
   DeviceTensor dout(out), dlse(lse);
   dout.poison();
   dlse.poison();
-  DecodePlanConfig cfg;
-  cfg.batch = c.b;
-  cfg.s_q = c.s_q;
-  cfg.h_q = c.h_q;
-  cfg.h_kv = c.h_kv;
-  cfg.d_qk = c.d_qk;
-  cfg.causal = c.causal;
+  DecodePlanConfig cfg{.batch = c.b, .s_q = c.s_q, .h_q = c.h_q, .h_kv = c.h_kv, .d_qk = c.d_qk,
+                       .causal = c.causal};
   DecodePlan plan(cuda_device(0), cfg);
   plan.update(dseq.view);
   const DenseDecodeParams p =
@@ -302,11 +297,7 @@ TEST_F(GpuTest, DenseDecodeLargeCachePool) {
     DeviceTensor dout(out), dlse(lse);
     dout.poison();
     dlse.poison();
-    DecodePlanConfig cfg;
-    cfg.batch = b;
-    cfg.s_q = c.s_q;
-    cfg.h_q = c.h_q;
-    cfg.causal = c.causal;
+    const DecodePlanConfig cfg{.batch = b, .s_q = c.s_q, .h_q = c.h_q, .causal = c.causal};
     DecodePlan plan(cuda_device(0), cfg);
     plan.update(dseq.view);
     dense_decode(decode_params(dq.view, dk, dbt.view, dseq.view, dout.view, dlse.view, c.causal,

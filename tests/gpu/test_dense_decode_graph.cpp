@@ -69,19 +69,12 @@ std::vector<int32_t> lengths_for(const DenseCase& c, std::mt19937_64& rng) {
   return len;
 }
 
-// Builds the inputs of `c` with request lengths `len` in `t` (names as in DenseDecodeParams).
 DecodePlanConfig plan_config(const DenseCase& c) {
-  DecodePlanConfig pc;
-  pc.batch = c.b;
-  pc.s_q = c.s_q;
-  pc.h_q = c.h_q;
-  pc.h_kv = c.h_kv;
-  pc.d_qk = c.d_qk;
-  pc.causal = c.causal;
-  pc.external_workspace = c.external_ws;
-  return pc;
+  return DecodePlanConfig{.batch = c.b, .s_q = c.s_q, .h_q = c.h_q, .h_kv = c.h_kv,
+                          .d_qk = c.d_qk, .causal = c.causal, .external_workspace = c.external_ws};
 }
 
+// Builds the inputs of `c` with request lengths `len` in `t` (names as in DenseDecodeParams).
 void build(const DenseCase& c, const std::vector<int32_t>& len, TwinSet& t, std::mt19937_64& rng) {
   int64_t pages_needed = 0;
   int max_pages = 1;

@@ -31,6 +31,7 @@ inline constexpr int kGatherDepth = 8;      // gathered chunks in flight before 
 // Warps issuing the copy-engine boxes of pages smaller than 64 tokens (each box with per-thread
 // coordinates is a ~16-instruction loop over the warp's active lanes).
 inline constexpr int kSmallPageWarps = 4;
+static_assert((kSmallPageWarps & (kSmallPageWarps - 1)) == 0, "chunks are dealt by a mask");
 
 __host__ __device__ constexpr int align_up(int x, int a) { return (x + a - 1) / a * a; }
 
@@ -138,10 +139,14 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     // outstanding 16-byte copies are the limit, ~16 GB/s per SM. Neither was splitting each
     // block's chunks between this warp and a warp issuing boxes, beyond ~10 % at pages of 4.)
     uint32_t signalled = 0;
+    auto signal_oldest = [&] {  // (its copies complete and fenced)
+      mbar_arrive_pred(&full[signalled % L::kSlots], true);
+      ++signalled;
+    };
     auto signal_all = [&] {
       cp_async_wait_all();
       fence_proxy_async();
-      for (; signalled < count; ++signalled) mbar_arrive_pred(&full[signalled % L::kSlots], true);
+      while (signalled < count) signal_oldest();
     };
     auto acquire_gather_slot = [&] {
       const int slot = static_cast<int>(count % L::kSlots);
@@ -170,7 +175,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
 #pragma unroll
           for (int i = 0; i < 16; ++i) {
             const int t = tok0 + 4 * i + (lane >> 3);
-            const int page_idx = static_cast<int>(fast_div_apply(p.page_div, t));
+            const int page_idx = page_of(p, t);
             const bool in_table = t < len && page_idx < p.max_pages;
             const int page = ld_pred(table + (in_table ? page_idx : 0), in_table, -1);
             const bool ok = page >= 0 && page < p.num_pages;
@@ -191,8 +196,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
             if (count - signalled > kGatherDepth) {
               cp_async_wait_group<kGatherDepth>();
               fence_proxy_async();
-              mbar_arrive_pred(&full[signalled % L::kSlots], true);
-              ++signalled;
+              signal_oldest();
             }
           }
         }
@@ -227,14 +231,14 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
           for (int h = 0; h < 2; ++h) {
             const int bx = lane + 32 * h;
             const int t = tok0 + bx * box;
-            const int page_idx = t / p.page_size;
+            const int page_idx = page_of(p, t);
             const bool in_table = bx < nbox && page_idx < p.max_pages;
             page[h] = ld_pred(table + (in_table ? page_idx : 0), in_table, -1);
-            in_page[h] = t % p.page_size;
+            in_page[h] = t - page_idx * p.page_size;
           }
           const uint32_t bytes = static_cast<uint32_t>(nbox * box * 128);
           for (int c = 0; c < kChunks; ++c) {
-            if (static_cast<int>(count % pw) != wi) {  // another warp's chunk
+            if (static_cast<int>(count & (pw - 1)) != wi) {  // another warp's chunk
               ++count;
               continue;
             }
