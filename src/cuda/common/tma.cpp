@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "cuda/common/cuda_check.h"
@@ -25,6 +26,20 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
   }();
   return fn;
+}
+
+// L2 promotion of the maps' requests. Development knob OPENMLA_TMA_L2_PROMOTION (0, 64, 128 or
+// 256 bytes; default 256) for A/B measurements.
+CUtensorMapL2promotion l2_promotion() {
+  static const CUtensorMapL2promotion v = [] {
+    const char* e = std::getenv("OPENMLA_TMA_L2_PROMOTION");
+    const int b = e != nullptr ? std::atoi(e) : 256;
+    return b == 0     ? CU_TENSOR_MAP_L2_PROMOTION_NONE
+           : b == 64  ? CU_TENSOR_MAP_L2_PROMOTION_L2_64B
+           : b == 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B
+                      : CU_TENSOR_MAP_L2_PROMOTION_L2_256B;
+  }();
+  return v;
 }
 }  // namespace
 
@@ -55,7 +70,7 @@ CUtensorMap make_tensor_map_4d(const char* arg, const void* base, CUtensorMapDat
   cuuint32_t b[4] = {box[0], box[1], box[2], box[3]};
   CUresult r = encode_fn()(&map, dtype, 4, const_cast<void*>(base), d, s, b, elem_strides,
                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+                           l2_promotion(), CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     throw Error(arg,
                 "cannot describe this tensor to the TMA engine (cuTensorMapEncodeTiled error " +
