@@ -323,9 +323,9 @@ def _eager_workspace(q, index, stream, nbytes):
     ws = _WS.get(key)
     if ws is None or ws.numel() < nbytes:
         ws = _WS[key] = q.new_empty((nbytes,), dtype=_U8)
-        _WS.move_to_end(key)
-        while len(_WS) > _WS_MAX:
-            _WS.popitem(last=False)
+    _WS.move_to_end(key)  # the streams used last stay
+    while len(_WS) > _WS_MAX:
+        _WS.popitem(last=False)
     return ws
 
 

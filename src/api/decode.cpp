@@ -109,15 +109,10 @@ void DecodePlan::update(const TensorView& cache_seqlens, Stream stream) {
     check::device_pointers({{cache_seqlens, "cache_seqlens"}});
   }
   const int64_t batch = cache_seqlens.present() ? cache_seqlens.shape[0] : c.batch;
-  if (impl_->device.type == DeviceType::kCPU) {  // the CPU backend needs no schedule
-    impl_->updated_batch = batch;
-    return;
-  }
 #if defined(OPENMLA_WITH_CUDA)
-  sm90::plan_update(*impl_, cache_seqlens, stream);
-#else
-  (void)stream;
+  if (impl_->device.type == DeviceType::kCUDA) sm90::plan_update(*impl_, cache_seqlens, stream);
 #endif
+  (void)stream;  // (the CPU backend needs no schedule)
   impl_->updated_batch = batch;
 }
 

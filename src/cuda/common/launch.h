@@ -24,6 +24,12 @@ inline bool env_flag(const char* name) {
   return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
+// The integer value of the environment variable `name`, or `fallback` when it is not set.
+inline int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? std::atoi(v) : fallback;
+}
+
 inline bool pdl_enabled() {
   static const bool enabled = !env_flag("OPENMLA_DISABLE_PDL");
   return enabled;

@@ -6,10 +6,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 
 #include "cuda/common/cuda_check.h"
+#include "cuda/common/launch.h"
 #include "openmla/error.h"
 
 namespace openmla::sm90 {
@@ -32,8 +32,7 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 // 256 bytes; default 256) for A/B measurements.
 CUtensorMapL2promotion l2_promotion() {
   static const CUtensorMapL2promotion v = [] {
-    const char* e = std::getenv("OPENMLA_TMA_L2_PROMOTION");
-    const int b = e != nullptr ? std::atoi(e) : 256;
+    const int b = env_int("OPENMLA_TMA_L2_PROMOTION", 256);
     return b == 0     ? CU_TENSOR_MAP_L2_PROMOTION_NONE
            : b == 64  ? CU_TENSOR_MAP_L2_PROMOTION_L2_64B
            : b == 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B

@@ -160,10 +160,7 @@ bool make_accum_map(const PlanState& st, float* o_accum, int64_t h_kv, CUtensorM
 // boxes 691 (one warp: 2334); page 2 gathers 611, boxes 418; page 4 578 / 293. Development
 // switch for A/B measurements: OPENMLA_DECODE_GATHER_BOX=N (0: never gather).
 static int gather_max_box() {
-  static const int v = [] {
-    const char* e = std::getenv("OPENMLA_DECODE_GATHER_BOX");
-    return e != nullptr ? std::atoi(e) : 1;
-  }();
+  static const int v = env_int("OPENMLA_DECODE_GATHER_BOX", 1);
   return v;
 }
 

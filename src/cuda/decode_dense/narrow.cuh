@@ -123,10 +123,13 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     const uint64_t policy = l2_policy_evict_first();
     uint32_t count = 0;
     uint8_t* ring = smem + L::kRing;
+    // The next ring slot and the parity of its release by the readers.
+    auto next_slot = [&] { return static_cast<int>(count % L::kSlots); };
+    auto empty_parity = [&] { return ((count / L::kSlots) & 1) ^ 1; };
     // The next ring slot, once its readers have released it, armed for `bytes` (lane 0).
     auto acquire_slot = [&](uint32_t bytes) {
-      const int slot = static_cast<int>(count % L::kSlots);
-      mbar_wait(&empty[slot], ((count / L::kSlots) & 1) ^ 1);
+      const int slot = next_slot();
+      mbar_wait(&empty[slot], empty_parity());
       mbar_arrive_expect_tx_pred(&full[slot], bytes, lane == 0);
       ++count;
       return slot;
@@ -149,8 +152,8 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
       while (signalled < count) signal_oldest();
     };
     auto acquire_gather_slot = [&] {
-      const int slot = static_cast<int>(count % L::kSlots);
-      const uint32_t parity = ((count / L::kSlots) & 1) ^ 1;
+      const int slot = next_slot();
+      const uint32_t parity = empty_parity();
       if (!__all_sync(0xffffffff, mbar_test_wait(&empty[slot], parity))) {
         signal_all();
         mbar_wait(&empty[slot], parity);
