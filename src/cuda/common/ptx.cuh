@@ -248,11 +248,17 @@ __device__ __forceinline__ uint64_t make_desc_sw128(uint32_t smem_byte_addr, uin
   return d;
 }
 
-// A value the compiler cannot see through (so it is not hoisted and kept live across a loop).
-__device__ __forceinline__ uint64_t opaque(uint64_t x) {
-  uint64_t r;
-  asm volatile("mov.b64 %0, %1;" : "=l"(r) : "l"(x));
-  return r;
+// Descriptor `d` (make_desc_sw128) with its start address advanced by `bytes`, for tiles below
+// 256 KB: only the low word changes (the 14-bit start field cannot carry into LBO), and the high
+// word stays the compile-time constant make_desc_sw128 gives it, so a use costs one 32-bit add
+// (a 64-bit add cost two or three uniform instructions per wgmma operand, with the carry). The
+// low word passes through an opaque move, so the compiler rebuilds each descriptor where it is
+// used instead of keeping dozens of loop-invariant ones live.
+__device__ __forceinline__ uint64_t desc_at(uint64_t d, uint32_t bytes) {
+  uint32_t lo;
+  asm volatile("mov.b32 %0, %1;" : "=r"(lo) : "r"(static_cast<uint32_t>(d)));
+  lo += bytes >> 4;
+  return (d & 0xffffffff00000000ull) | lo;
 }
 
 // Four 8x8 b16 matrices from a warp's registers to shared memory (lane l gives the address of

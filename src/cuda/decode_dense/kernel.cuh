@@ -662,12 +662,14 @@ __device__ __forceinline__ int box_of(int wl) { return (wl % 32) * 4 + wl / 32; 
 // read; an index past the table becomes -1, and a page out of range (or -1) an out-of-bounds TMA
 // box, which the copy engine fills with zeros. The load is issued well before the refill that
 // uses it, so the block-table latency is not on the refill's critical path.
+// kBox64 (page_size % 64 == 0): one box per block, every thread reads box 0's entry.
+template <bool kBox64>
 __device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const Segment& s,
                                         int blk, int wl) {
   const int box = p.box_tokens;
   const int tok0 = blk * 64;
   const int nbox = block_boxes(p, s.len, blk);
-  const int j = box_of(wl);
+  const int j = kBox64 ? 0 : box_of(wl);
   const int page_idx = page_of(p, tok0 + j * box);
   const bool in_table = j < nbox && page_idx < p.max_pages;
   const int32_t* entry = p.block_table + static_cast<int64_t>(s.req) * p.bt_stride +
@@ -681,12 +683,31 @@ __device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const 
 // only: a divergent path next to wgmma makes ptxas serialize them): thread 0 arms the barriers,
 // thread wl issues box box_of(wl). The transaction count may briefly go negative when a box
 // lands before its barrier is armed, which mbarriers allow.
-template <int kChunks>
+//
+// kBox64 (page_size % 64 == 0, so a block is one box of one page): thread 0 issues every chunk,
+// and all operands are warp-uniform (the page broadcast from lane 0, box 0's coordinates), so
+// ptxas moves them to uniform registers once instead of running a per-lane copy-issue loop
+// (ELECT, R2UR of each coordinate, VOTEU) per chunk in each of the four warps.
+template <int kChunks, bool kBox64>
 __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
                                             const CUtensorMap* kmap, uint8_t* stage_base,
                                             uint64_t* stage_full, int stage, const Segment& s,
                                             int blk, int page, int i0, int i1, int hk, int wl,
                                             uint64_t policy) {
+  if constexpr (kBox64) {
+    const int tok0 = blk * 64;
+    const int pg = __shfl_sync(0xffffffff, page, 0);
+    const int in_page = tok0 - page_of(p, tok0) * p.page_size;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      if (i < i0 || i >= i1) continue;
+      const int c = chunk_at<kChunks>(stage, i);
+      mbar_arrive_expect_tx_pred(&stage_full[c], 64 * 128, wl == 0);
+      tma_load_4d_pred(stage_base + c * kChunkBytes, kmap, &stage_full[c], c * 64, hk, in_page,
+                       pg, policy, wl == 0);
+    }
+    return;
+  }
   const int box = p.box_tokens;
   const int tok0 = blk * 64;
   const int nbox = block_boxes(p, s.len, blk);
@@ -705,7 +726,7 @@ __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
   }
 }
 
-template <int kChunks, bool kFp16, bool kMerge>
+template <int kChunks, bool kFp16, bool kMerge, bool kBox64>
 __global__ void __launch_bounds__(kThreads, 1)
     dense_decode_kernel(const __grid_constant__ CUtensorMap kmap,
                         const __grid_constant__ CUtensorMap qmap,
@@ -753,18 +774,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t s_k_addr = smem_addr(smem + L::kK);
   const float sl2 = p.scale_log2;
   auto load = [&](int stage, const Segment& s, int blk, int page, int i0, int i1) {
-    load_chunks<kChunks>(p, &kmap, smem + L::kK + stage * L::kStage, full + stage * 9, stage, s,
-                         blk, page, i0, i1, hk, wl, policy);
+    load_chunks<kChunks, kBox64>(p, &kmap, smem + L::kK + stage * L::kStage, full + stage * 9,
+                                 stage, s, blk, page, i0, i1, hk, wl, policy);
   };
-  // Descriptors are a per-use opaque base plus a constant byte offset (the start-address field is
-  // addr >> 4 in the low bits, and no tile crosses 256 KB), so the compiler rebuilds each one where
-  // it is used instead of keeping ~50 loop-invariant 64-bit values live. (Written while chasing
-  // spills; the spills had another cause, and this form was neither measured faster nor slower.)
+  // Descriptors are a base plus a constant byte offset, rebuilt where used (desc_at: one 32-bit
+  // add on the low word) instead of ~50 loop-invariant 64-bit values kept live.
   const uint64_t q_base = make_desc_sw128(s_q_addr, 16, 1024);
   const uint64_t k_base = make_desc_sw128(s_k_addr, 16, 1024);
   const uint64_t v_base = make_desc_sw128(s_k_addr, kChunkBytes, 1024);
   const uint64_t p_base = make_desc_sw128(smem_addr(smem + L::p_tile(0)), 16, 1024);
-  auto at = [](uint64_t base, uint32_t bytes) { return opaque(base) + (bytes >> 4); };
+  auto at = [](uint64_t base, uint32_t bytes) { return desc_at(base, bytes); };
   auto k_desc = [&](int stage, int c, int kk) {  // S operand B: K rows, K-major
     return at(k_base, stage * L::kStage + c * kChunkBytes + kk * 32);
   };
@@ -822,7 +841,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // The block-table entry of this warpgroup's first block is requested before the Q copies
     // are issued and used after them, so the two latencies overlap.
     const bool has_first = s.blk_lo + wg < s.blk_hi;
-    const int first_page = box_page(p, s, has_first ? s.blk_lo + wg : s.blk_lo, wl);
+    const int first_page = box_page<kBox64>(p, s, has_first ? s.blk_lo + wg : s.blk_lo, wl);
     // ---- Q tile: rows (s, g) of this KV head, zero-padded to 64, into swizzled chunks ----
     {
       if (p.q_tma) {
@@ -879,8 +898,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool next0 = blk + 2 < s.blk_hi, next1 = blk + 3 < s.blk_hi;
       // Pages of the next pair's blocks, for the refills issued during this pair.
       const uint32_t par0 = fills0 & 1, par1 = fills1 & 1;
-      const int page0n = box_page(p, s, next0 ? blk + 2 : blk, wl);
-      const int page1n = box_page(p, s, next1 ? blk + 3 : blk, wl);
+      const int page0n = box_page<kBox64>(p, s, next0 ? blk + 2 : blk, wl);
+      const int page1n = box_page<kBox64>(p, s, next1 ? blk + 3 : blk, wl);
       uint32_t pa[16];
       float mx[2], rs[2], m0[2], m1[2], f0[2], f1[2];
       if (wg == 0) {

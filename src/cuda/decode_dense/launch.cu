@@ -49,9 +49,9 @@ struct Maps {
   CUtensorMap k, q, out, accum;
 };
 
-template <int kChunks, bool kFp16, bool kMerge>
+template <int kChunks, bool kFp16, bool kMerge, bool kBox64>
 void launch(const Maps& m, const DenseDecodeKernelParams& kp, dim3 grid, cudaStream_t stream) {
-  auto kernel = dense_decode_kernel<kChunks, kFp16, kMerge>;
+  auto kernel = dense_decode_kernel<kChunks, kFp16, kMerge, kBox64>;
   static std::atomic<uint64_t> configured{0};  // per instantiation: a bit per device
   allow_smem(kernel, Smem<kChunks>::kAlloc, configured);
   launch_pdl(false, kernel, grid, dim3(kThreads), Smem<kChunks>::kAlloc, stream, m.k, m.q, m.out,
@@ -74,10 +74,15 @@ void launch_narrow(const Maps& m, const DenseDecodeKernelParams& kp, dim3 grid,
 template <int kChunks, bool kFp16>
 void launch_any(const Maps& m, const DenseDecodeKernelParams& kp, dim3 grid, bool narrow,
                 cudaStream_t stream) {
-  if (!narrow && kp.plan.merge_pairs)
-    launch<kChunks, kFp16, true>(m, kp, grid, stream);
+  const bool box64 = kp.box_tokens == 64;
+  if (!narrow && kp.plan.merge_pairs && box64)
+    launch<kChunks, kFp16, true, true>(m, kp, grid, stream);
+  else if (!narrow && kp.plan.merge_pairs)
+    launch<kChunks, kFp16, true, false>(m, kp, grid, stream);
+  else if (!narrow && box64)
+    launch<kChunks, kFp16, false, true>(m, kp, grid, stream);
   else if (!narrow)
-    launch<kChunks, kFp16, false>(m, kp, grid, stream);
+    launch<kChunks, kFp16, false, false>(m, kp, grid, stream);
   else if (kp.rows <= 16)
     launch_narrow<kChunks, kFp16, 16>(m, kp, grid, stream);
   else

@@ -270,7 +270,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
   const uint64_t v_base = make_desc_sw128(ring_addr, kChunkBytes, 1024);  // V^T chunk as A
   const uint64_t q_base = make_desc_sw128(smem_addr(smem + L::kQ), 16, 1024);
   const uint64_t p_base = make_desc_sw128(smem_addr(smem + L::kP), 16, 1024);
-  auto at = [](uint64_t base, uint32_t bytes) { return opaque(base) + (bytes >> 4); };
+  auto at = [](uint64_t base, uint32_t bytes) { return desc_at(base, bytes); };
   auto slot_of = [](uint32_t n) { return static_cast<int>(n % L::kSlots); };
   float* red = reinterpret_cast<float*>(smem + L::kRed);
   float* sums = reinterpret_cast<float*>(smem + L::kSum);
