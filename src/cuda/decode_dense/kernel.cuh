@@ -684,10 +684,10 @@ __device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const 
 // thread wl issues box box_of(wl). The transaction count may briefly go negative when a box
 // lands before its barrier is armed, which mbarriers allow.
 //
-// kBox64 (page_size % 64 == 0, so a block is one box of one page): thread 0 issues every chunk,
-// and all operands are warp-uniform (the page broadcast from lane 0, box 0's coordinates), so
-// ptxas moves them to uniform registers once instead of running a per-lane copy-issue loop
-// (ELECT, R2UR of each coordinate, VOTEU) per chunk in each of the four warps.
+// kBox64 (page_size % 64 == 0, so a block is one box of one page): the warpgroup's thread 0
+// issues every chunk, and all operands are warp-uniform (the page broadcast from lane 0, box 0's
+// coordinates), so ptxas moves them to uniform registers once instead of running a per-lane
+// copy-issue loop (ELECT, R2UR of each coordinate, VOTEU) per chunk in each of the four warps.
 template <int kChunks, bool kBox64>
 __device__ __forceinline__ void load_chunks(const DenseDecodeKernelParams& p,
                                             const CUtensorMap* kmap, uint8_t* stage_base,
