@@ -68,10 +68,12 @@ constexpr int kProfEnd = 8;
   if (tid == 0) prof_ns[i] = global_ns()
 // (printf inside the kernel would make ptxas serialize its wgmma: the counters go to a global
 // array, printed by dense_decode_prof_print launched right after the kernel.)
-__device__ long long g_decode_prof[2][10];
+static __device__ long long g_decode_prof[2][10];
 // Start and end (globaltimer, ns) of every CTA of the launch, for the spread of finish times.
-__device__ unsigned long long g_decode_cta_ns[4096][kProfStamps];
-__device__ int g_decode_ctas;
+// (These and the print kernel are static: each translation unit that instantiates kernels has
+// its own, read by the print launched from the same unit.)
+static __device__ unsigned long long g_decode_cta_ns[4096][kProfStamps];
+static __device__ int g_decode_ctas;
 __device__ __forceinline__ unsigned long long global_ns() {
   unsigned long long t;
   asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
@@ -90,7 +92,7 @@ __device__ __forceinline__ unsigned long long global_ns() {
     g_decode_prof[wg][8] = prof_pairs;                                                  \
     g_decode_prof[wg][9] = clock64() - prof_t0;                                         \
   }
-__global__ void dense_decode_prof_print() {
+static __global__ void dense_decode_prof_print() {
   const int n = min(g_decode_ctas, 4096);
   unsigned long long t0 = ~0ull, s_max = 0, e_min = ~0ull, e_max = 0;
   double e_sum = 0;
