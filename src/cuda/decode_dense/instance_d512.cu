@@ -3,9 +3,7 @@
 
 namespace openmla::sm90::dense_decode_detail {
 
-template void launch_any<8, false>(const Maps&, const DenseDecodeKernelParams&, dim3, bool,
-                                   cudaStream_t);
-template void launch_any<8, true>(const Maps&, const DenseDecodeKernelParams&, dim3, bool,
-                                  cudaStream_t);
+OPENMLA_DENSE_DECODE_LAUNCHER(8, false);
+OPENMLA_DENSE_DECODE_LAUNCHER(8, true);
 
 }  // namespace openmla::sm90::dense_decode_detail

@@ -48,18 +48,24 @@ void launch_narrow(const Maps& m, const DenseDecodeKernelParams& kp, dim3 grid,
   launch_pdl(false, kernel, grid, dim3(kNarrowThreads), L::kAlloc, stream, m.k, m.q, kp);
 }
 
+// The main kernel's variant for this call: pair merge or not (the plan), and whether a block is
+// one copy box (pages of 64 and multiples).
+template <int kChunks, bool kFp16, bool kMerge>
+void launch_main(const Maps& m, const DenseDecodeKernelParams& kp, dim3 grid,
+                 cudaStream_t stream) {
+  if (kp.box_tokens == 64)
+    launch<kChunks, kFp16, kMerge, true>(m, kp, grid, stream);
+  else
+    launch<kChunks, kFp16, kMerge, false>(m, kp, grid, stream);
+}
+
 template <int kChunks, bool kFp16>
 void launch_any(const Maps& m, const DenseDecodeKernelParams& kp, dim3 grid, bool narrow,
                 cudaStream_t stream) {
-  const bool box64 = kp.box_tokens == 64;
-  if (!narrow && kp.plan.merge_pairs && box64)
-    launch<kChunks, kFp16, true, true>(m, kp, grid, stream);
-  else if (!narrow && kp.plan.merge_pairs)
-    launch<kChunks, kFp16, true, false>(m, kp, grid, stream);
-  else if (!narrow && box64)
-    launch<kChunks, kFp16, false, true>(m, kp, grid, stream);
+  if (!narrow && kp.plan.merge_pairs)
+    launch_main<kChunks, kFp16, true>(m, kp, grid, stream);
   else if (!narrow)
-    launch<kChunks, kFp16, false, false>(m, kp, grid, stream);
+    launch_main<kChunks, kFp16, false>(m, kp, grid, stream);
   else if (kp.rows <= 16)
     launch_narrow<kChunks, kFp16, 16>(m, kp, grid, stream);
   else

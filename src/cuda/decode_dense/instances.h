@@ -23,13 +23,14 @@ template <int kChunks, bool kFp16>
 void launch_any(const Maps& m, const DenseDecodeKernelParams& kp, dim3 grid, bool narrow,
                 cudaStream_t stream);
 
-extern template void launch_any<9, false>(const Maps&, const DenseDecodeKernelParams&, dim3, bool,
-                                          cudaStream_t);
-extern template void launch_any<9, true>(const Maps&, const DenseDecodeKernelParams&, dim3, bool,
-                                         cudaStream_t);
-extern template void launch_any<8, false>(const Maps&, const DenseDecodeKernelParams&, dim3, bool,
-                                          cudaStream_t);
-extern template void launch_any<8, true>(const Maps&, const DenseDecodeKernelParams&, dim3, bool,
-                                         cudaStream_t);
+// The explicit instantiation of one launcher: `extern` here, defined in instance_d576.cu /
+// instance_d512.cu.
+#define OPENMLA_DENSE_DECODE_LAUNCHER(kChunks, kFp16)                                        \
+  template void launch_any<kChunks, kFp16>(const Maps&, const DenseDecodeKernelParams&, dim3, \
+                                           bool, cudaStream_t)
+extern OPENMLA_DENSE_DECODE_LAUNCHER(9, false);
+extern OPENMLA_DENSE_DECODE_LAUNCHER(9, true);
+extern OPENMLA_DENSE_DECODE_LAUNCHER(8, false);
+extern OPENMLA_DENSE_DECODE_LAUNCHER(8, true);
 
 }  // namespace openmla::sm90::dense_decode_detail
