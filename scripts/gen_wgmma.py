@@ -7,10 +7,10 @@ error-prone by hand; this script writes them. Run it after changing the shape li
 import pathlib
 
 # (N of m64nNk16, A read MN-major, B read MN-major, A from registers): only what the kernels call.
-#  S = Q K^T: n64, both operands K-major in shared memory.
+#  S = Q K^T: n64, both operands K-major in shared memory, or Q's RoPE chunk from registers (RS).
 #  O += P V: n256, V read MN-major; P either from shared memory or from registers (RS).
 #  Narrow decode (S^T = K Q^T, O^T += V^T P^T): n16 / n32, K-major, and V^T read MN-major as A.
-SHAPES = [(64, 0, 0, 0), (256, 0, 1, 0), (256, 0, 1, 1),
+SHAPES = [(64, 0, 0, 0), (64, 0, 0, 1), (256, 0, 1, 0), (256, 0, 1, 1),
           (16, 0, 0, 0), (16, 1, 0, 0), (32, 0, 0, 0), (32, 1, 0, 0)]
 DTYPES = [("bf16", "bf16"), ("f16", "f16")]
 

@@ -270,6 +270,15 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t
                "r"(r0), "r"(r1), "r"(r2), "r"(r3)
                : "memory");
 }
+// The inverse: four 8x8 b16 matrices from shared memory to a warp's registers (same addressing
+// and register layout as stmatrix_x4).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1,
+                                            uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr)
+               : "memory");
+}
 
 // Byte offset of element (row, col) of a K-major SW128 tile of 64-element rows (col < 64).
 __device__ __forceinline__ uint32_t sw128_offset(int row, int col_elems_x2_bytes) {

@@ -7,7 +7,8 @@
 // "Seesaw" schedule over pairs of 64-token KV blocks (b0 in stage 0, b1 in stage 1).
 // O = [O_L | O_R] (64 x 256 fp32 each) lives in warpgroup 0 / 1. Warpgroup 0 owns b0,
 // warpgroup 1 owns b1; each computes S = Q K^T of its own block over all 64 tokens (wgmma
-// m64n64k16, operands in shared memory). The running row max m is handed along a chain
+// m64n64k16, operands in shared memory, but for d_qk = 576 Q's RoPE chunk comes from registers,
+// as FlashMLA's kernel does). The running row max m is handed along a chain
 // m -> m0 (wg 0, after b0) -> m1 (wg 1, after b1) -> next pair, so one warpgroup's softmax runs
 // while the other's matrix products do:
 //   wg 0: m0 = max(m, rowmax S0); P0 = exp(S0 - m0); O_L = O_L * e^(m - m0) + P0 V0_L (P0 from
@@ -374,6 +375,15 @@ __device__ __forceinline__ void mma_s(float (&d)[32], uint64_t a, uint64_t b, in
   else
     wgmma_m64n64k16_bf16_ss(d, a, b, scale_d);
 }
+// S of the RoPE chunk with Q's chunk from registers (a: the k16 step's A fragment).
+template <bool kFp16>
+__device__ __forceinline__ void mma_s_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t b,
+                                         int scale_d) {
+  if constexpr (kFp16)
+    wgmma_m64n64k16_f16_rs(d, a, b, scale_d);
+  else
+    wgmma_m64n64k16_bf16_rs(d, a, b, scale_d);
+}
 template <bool kFp16>
 __device__ __forceinline__ void mma_pv(float (&d)[128], uint64_t a, uint64_t b) {
   if constexpr (kFp16)
@@ -485,6 +495,17 @@ __device__ __forceinline__ void store_pa(uint8_t* tile, const uint32_t (&pa)[16]
 #pragma unroll
   for (int q = 0; q < 4; ++q)
     stmatrix_x4(base ^ (32u * q), pa[4 * q], pa[4 * q + 1], pa[4 * q + 2], pa[4 * q + 3]);
+}
+
+// The inverse of store_pa: a 64 x 64 K-major, 128B-swizzled tile (of the warpgroup's 64 rows) into
+// the A-operand registers of four k16 steps (pack_a's layout).
+__device__ __forceinline__ void load_pa(const uint8_t* tile, uint32_t (&pa)[16]) {
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+  const uint32_t row = 16 * warp + 8 * ((lane / 8) % 2) + lane % 8;
+  const uint32_t base = smem_addr(tile) + row * 128 + ((((lane / 16) ^ lane) & 7) << 4);
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+    ldmatrix_x4(base ^ (32u * q), pa[4 * q], pa[4 * q + 1], pa[4 * q + 2], pa[4 * q + 3]);
 }
 
 // Writes P * f (per row) as a 64 x 64 K-major, 128B-swizzled tile (the A operand of P V).
@@ -809,6 +830,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int kk = 0; kk < 4; ++kk) mma_pv<kFp16>(o, p_desc(stage, kk), v_desc(stage, half, kk));
   };
   OPENMLA_PROF_INIT;
+  // d_qk = 576: Q's RoPE chunk is held in registers for the whole segment and its S steps take A
+  // from there (RS), reading only K from shared memory (an m64n64k16 with both operands there
+  // needs the port's full 128 B per cycle). h_q = 128: -2 to -3 % rested, -1.5 % sustained at
+  // s_q = 1. (d_qk = 512 would spill 4 bytes in two variants with its chunk 7 there.)
+  constexpr bool kQReg = L::kRope;
+  constexpr int kQLast = kChunks - 1;
+  uint32_t q_last[16];  // that chunk as the A operand of four k16 steps (pack_a's layout)
   // S = Q K^T of the block in `stage`: issues the wgmma of chunks [i0, i1) (load order), each once
   // its TMA has landed; the caller fences, commits and waits.
   auto issue_s = [&](float(&sc)[32], int stage, uint32_t parity, int i0, int i1) {
@@ -822,9 +850,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         OPENMLA_PROF_WAIT_END;
       }
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        mma_s<kFp16>(sc, at(q_base, c * kChunkBytes + kk * 32), k_desc(stage, c, kk),
-                     (i | kk) != 0);
+      for (int kk = 0; kk < 4; ++kk) {
+        if (kQReg && c == kQLast) {
+          const uint32_t(&a)[4] = *reinterpret_cast<const uint32_t(*)[4]>(&q_last[4 * kk]);
+          mma_s_rs<kFp16>(sc, a, k_desc(stage, c, kk), (i | kk) != 0);
+        } else {
+          mma_s<kFp16>(sc, at(q_base, c * kChunkBytes + kk * 32), k_desc(stage, c, kk),
+                       (i | kk) != 0);
+        }
+      }
     }
   };
   auto compute_s = [&](float(&sc)[32], int stage, uint32_t parity) {
@@ -833,6 +867,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_commit();
     wgmma_wait<0>();
     fence_regs(sc);
+    if constexpr (kQReg) fence_regs(q_last);
   };
 
   int fills0 = 0, fills1 = 0;  // completed fills of each stage (full-barrier parities)
@@ -876,6 +911,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         fence_proxy_async();
       }
       __syncthreads();
+      if constexpr (kQReg) load_pa(smem + L::kQ + kQLast * kChunkBytes, q_last);
       OPENMLA_PROF_STAMP_FIRST(4);
     }
 
@@ -988,6 +1024,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(sc);
+        if constexpr (kQReg) fence_regs(q_last);
       } else {
         // ===== warpgroup 1: block b1 = blk + 1 (stage 1), if any =====
         const int tok1 = (blk + 1) * 64;
