@@ -839,12 +839,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint32_t q_last[16];  // that chunk as the A operand of four k16 steps (pack_a's layout)
   // S = Q K^T of the block in `stage`: issues the wgmma of chunks [i0, i1) (load order), each once
   // its TMA has landed; the caller fences, commits and waits.
-  auto issue_s = [&](float(&sc)[32], int stage, uint32_t parity, int i0, int i1) {
+  // `wait` false: the wgmma run on whatever the stage holds and the caller discards S (see the
+  // next S0 at warpgroup 0's tail).
+  auto issue_s = [&](float(&sc)[32], int stage, uint32_t parity, int i0, int i1,
+                     bool wait = true) {
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
       if (i < i0 || i >= i1) continue;
       const int c = chunk_at<kChunks>(stage, i);
-      {
+      if (wait) {
         OPENMLA_PROF_WAIT_BEGIN;
         mbar_wait(&full[stage * 9 + c], parity);
         OPENMLA_PROF_WAIT_END;
@@ -1015,7 +1018,18 @@ __global__ void __launch_bounds__(kThreads, 1)
           pv_ss(o, 1, 0);
         }
         wgmma_commit();  // group A: P1 V1_L
-        if (next0) issue_s(sc, 0, par0n, 0, 4);
+        // Group B is issued whatever next0 says (without it, on the stage's current block: S is
+        // then discarded), and after all four of its chunk waits: ptxas closes a wgmma group at
+        // every branch, and turns wait<1> into "at most one of its own groups pending" (a
+        // conditional group B ends with an extra empty one, a wait per chunk makes one per
+        // chunk), so wait<1> waited for most or all of B, the V1_L refill was issued and chunks
+        // 4-8 queued only once B was done (SASS: WARPGROUP.DEPBAR.LE gsb0, 0x1 after a dummy
+        // HGMMA.64x8x16). One group: h_q = 128 s_q = 2 -5 to -8 %.
+        if (next0) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) mbar_wait(&full[chunk_at<kChunks>(0, i)], par0n);
+        }
+        issue_s(sc, 0, par0n, 0, 4, false);
         wgmma_commit();  // group B: next S0, chunks 0-3
         wgmma_wait<1>();  // A done: V1_L is free (and the RoPE chunk, when P1 lives there)
         if (has1 && next1) load(1, s, blk + 3, page1n, L::kG1, kChunks);
