@@ -1024,7 +1024,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // conditional group B ends with an extra empty one, a wait per chunk makes one per
         // chunk), so wait<1> waited for most or all of B, the V1_L refill was issued and chunks
         // 4-8 queued only once B was done (SASS: WARPGROUP.DEPBAR.LE gsb0, 0x1 after a dummy
-        // HGMMA.64x8x16). One group: h_q = 128 s_q = 2 -5 to -8 %.
+        // HGMMA.64x8x16). One group: h_q = 128 s_q = 2 -5 to -7 % sustained.
         if (next0) {
 #pragma unroll
           for (int i = 0; i < 4; ++i) mbar_wait(&full[chunk_at<kChunks>(0, i)], par0n);
