@@ -482,6 +482,13 @@ __device__ __forceinline__ void pack_a(const float (&sc)[32], uint32_t (&pa)[16]
   for (int k = 0; k < 16; ++k) pa[k] = pack2<Elem>(sc[2 * k], sc[2 * k + 1]);
 }
 
+// This lane's stmatrix / ldmatrix address for q = 0 in a warpgroup's P-layout tile (see store_pa).
+__device__ __forceinline__ uint32_t pa_lane_base(const uint8_t* tile) {
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+  const uint32_t row = 16 * warp + 8 * ((lane / 8) % 2) + lane % 8;
+  return smem_addr(tile) + row * 128 + ((((lane / 16) ^ lane) & 7) << 4);
+}
+
 // Writes the packed P tile (pack_a's registers: element pair 2 k of pa[k] holds row r0 + 8 (k % 2),
 // columns 8 (k / 2) + cq, +1) as a 64 x 64 K-major, 128B-swizzled tile: four stmatrix.x4 of
 // matrices (n8 group j, row half i) = pa[2 j + i], j = 2q, 2q + 1; lane l addresses row l % 8 of
@@ -489,9 +496,7 @@ __device__ __forceinline__ void pack_a(const float (&sc)[32], uint32_t (&pa)[16]
 // 16-byte unit j ^ (row & 7) is the lane's base XOR 32 q. (16 scalar stores and their address
 // arithmetic before: -0.3 to -0.7 % at h_q=128.)
 __device__ __forceinline__ void store_pa(uint8_t* tile, const uint32_t (&pa)[16]) {
-  const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
-  const uint32_t row = 16 * warp + 8 * ((lane / 8) % 2) + lane % 8;
-  const uint32_t base = smem_addr(tile) + row * 128 + ((((lane / 16) ^ lane) & 7) << 4);
+  const uint32_t base = pa_lane_base(tile);
 #pragma unroll
   for (int q = 0; q < 4; ++q)
     stmatrix_x4(base ^ (32u * q), pa[4 * q], pa[4 * q + 1], pa[4 * q + 2], pa[4 * q + 3]);
@@ -500,9 +505,7 @@ __device__ __forceinline__ void store_pa(uint8_t* tile, const uint32_t (&pa)[16]
 // The inverse of store_pa: a 64 x 64 K-major, 128B-swizzled tile (of the warpgroup's 64 rows) into
 // the A-operand registers of four k16 steps (pack_a's layout).
 __device__ __forceinline__ void load_pa(const uint8_t* tile, uint32_t (&pa)[16]) {
-  const int lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
-  const uint32_t row = 16 * warp + 8 * ((lane / 8) % 2) + lane % 8;
-  const uint32_t base = smem_addr(tile) + row * 128 + ((((lane / 16) ^ lane) & 7) << 4);
+  const uint32_t base = pa_lane_base(tile);
 #pragma unroll
   for (int q = 0; q < 4; ++q)
     ldmatrix_x4(base ^ (32u * q), pa[4 * q], pa[4 * q + 1], pa[4 * q + 2], pa[4 * q + 3]);
