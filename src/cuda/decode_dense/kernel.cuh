@@ -1029,8 +1029,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         // 4-8 queued only once B was done (SASS: WARPGROUP.DEPBAR.LE gsb0, 0x1 after a dummy
         // HGMMA.64x8x16). One group: h_q = 128 s_q = 2 -5 to -7 % sustained.
         if (next0) {
+          OPENMLA_PROF_WAIT_BEGIN;
 #pragma unroll
           for (int i = 0; i < 4; ++i) mbar_wait(&full[chunk_at<kChunks>(0, i)], par0n);
+          OPENMLA_PROF_WAIT_END;
         }
         issue_s(sc, 0, par0n, 0, 4, false);
         wgmma_commit();  // group B: next S0, chunks 0-3
