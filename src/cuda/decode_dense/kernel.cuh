@@ -687,8 +687,11 @@ __device__ __forceinline__ int box_of(int wl) { return (wl % 32) * 4 + wl / 32; 
 // gcd(page_size, 64) tokens of one page), or -1. Only block-table entries of tokens < len are
 // read; an index past the table becomes -1, and a page out of range (or -1) an out-of-bounds TMA
 // box, which the copy engine fills with zeros. The load is issued well before the refill that
-// uses it, so the block-table latency is not on the refill's critical path.
-// kBox64 (page_size % 64 == 0): one box per block, every thread reads box 0's entry.
+// uses it, so the block-table latency is not on the refill's critical path -- except with kBox64
+// (page_size % 64 == 0: one box per block, every thread reads box 0's entry), where ptxas moves
+// the same-address load's value into a uniform register right after it, so the pair's first
+// instructions wait for it (2 % of ncu's stall samples; loading in lane 0 only, which defers that
+// move to the refill, was slower: docs/benchmarks.md, session 14).
 template <bool kBox64>
 __device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const Segment& s,
                                         int blk, int wl) {
@@ -842,19 +845,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint32_t q_last[16];  // that chunk as the A operand of four k16 steps (pack_a's layout)
   // S = Q K^T of the block in `stage`: issues the wgmma of chunks [i0, i1) (load order), each once
   // its TMA has landed; the caller fences, commits and waits.
-  // `wait` false: the wgmma run on whatever the stage holds and the caller discards S (see the
-  // next S0 at warpgroup 0's tail).
+  // Waits until chunks [i0, i1) (load order) of `stage` have landed (counted as S waits).
+  auto wait_chunks = [&](int stage, uint32_t parity, int i0, int i1) {
+    OPENMLA_PROF_WAIT_BEGIN;
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i)
+      if (i >= i0 && i < i1) mbar_wait(&full[stage * 9 + chunk_at<kChunks>(stage, i)], parity);
+    OPENMLA_PROF_WAIT_END;
+  };
+  // `wait` false: no chunk waits (the caller has waited, or discards S: see the next S0 at
+  // warpgroup 0's tail).
   auto issue_s = [&](float(&sc)[32], int stage, uint32_t parity, int i0, int i1,
                      bool wait = true) {
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) {
       if (i < i0 || i >= i1) continue;
       const int c = chunk_at<kChunks>(stage, i);
-      if (wait) {
-        OPENMLA_PROF_WAIT_BEGIN;
-        mbar_wait(&full[stage * 9 + c], parity);
-        OPENMLA_PROF_WAIT_END;
-      }
+      if (wait) wait_chunks(stage, parity, i, i + 1);
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
         if (kQReg && c == kQLast) {
@@ -1028,12 +1035,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // chunk), so wait<1> waited for most or all of B, the V1_L refill was issued and chunks
         // 4-8 queued only once B was done (SASS: WARPGROUP.DEPBAR.LE gsb0, 0x1 after a dummy
         // HGMMA.64x8x16). One group: h_q = 128 s_q = 2 -5 to -7 % sustained.
-        if (next0) {
-          OPENMLA_PROF_WAIT_BEGIN;
-#pragma unroll
-          for (int i = 0; i < 4; ++i) mbar_wait(&full[chunk_at<kChunks>(0, i)], par0n);
-          OPENMLA_PROF_WAIT_END;
-        }
+        if (next0) wait_chunks(0, par0n, 0, 4);
         issue_s(sc, 0, par0n, 0, 4, false);
         wgmma_commit();  // group B: next S0, chunks 0-3
         wgmma_wait<1>();  // A done: V1_L is free (and the RoPE chunk, when P1 lives there)

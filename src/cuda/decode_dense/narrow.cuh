@@ -114,6 +114,8 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
   }
   fill_plan_table(p, part, s_tab);
   __syncthreads();
+  // The ring slot of chunk number n (both sides count the chunks of the part in the same order).
+  auto slot_of = [](uint32_t n) { return static_cast<int>(n % L::kSlots); };
 
   if (wg == 1) {
     // ===== producer: warp 4 streams every chunk of every block of this part into the ring =====
@@ -123,12 +125,11 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     const uint64_t policy = l2_policy_evict_first();
     uint32_t count = 0;
     uint8_t* ring = smem + L::kRing;
-    // The next ring slot and the parity of its release by the readers.
-    auto next_slot = [&] { return static_cast<int>(count % L::kSlots); };
+    // The parity of the next slot's release by the readers.
     auto empty_parity = [&] { return ((count / L::kSlots) & 1) ^ 1; };
     // The next ring slot, once its readers have released it, armed for `bytes` (lane 0).
     auto acquire_slot = [&](uint32_t bytes) {
-      const int slot = next_slot();
+      const int slot = slot_of(count);
       mbar_wait(&empty[slot], empty_parity());
       mbar_arrive_expect_tx_pred(&full[slot], bytes, lane == 0);
       ++count;
@@ -152,7 +153,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
       while (signalled < count) signal_oldest();
     };
     auto acquire_gather_slot = [&] {
-      const int slot = next_slot();
+      const int slot = slot_of(count);
       const uint32_t parity = empty_parity();
       if (!__all_sync(0xffffffff, mbar_test_wait(&empty[slot], parity))) {
         signal_all();
@@ -271,7 +272,6 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
   const uint64_t q_base = make_desc_sw128(smem_addr(smem + L::kQ), 16, 1024);
   const uint64_t p_base = make_desc_sw128(smem_addr(smem + L::kP), 16, 1024);
   auto at = [](uint64_t base, uint32_t bytes) { return desc_at(base, bytes); };
-  auto slot_of = [](uint32_t n) { return static_cast<int>(n % L::kSlots); };
   float* red = reinterpret_cast<float*>(smem + L::kRed);
   float* sums = reinterpret_cast<float*>(smem + L::kSum);
   // Releases chunk slot n once its last reader is done (thread 0 only, predicated: no branch next
