@@ -686,12 +686,13 @@ __device__ __forceinline__ int box_of(int wl) { return (wl % 32) * 4 + wl / 32; 
 // The page holding box box_of(wl) of block `blk` of segment `s` (one box per run of
 // gcd(page_size, 64) tokens of one page), or -1. Only block-table entries of tokens < len are
 // read; an index past the table becomes -1, and a page out of range (or -1) an out-of-bounds TMA
-// box, which the copy engine fills with zeros. The load is issued well before the refill that
-// uses it, so the block-table latency is not on the refill's critical path -- except with kBox64
-// (page_size % 64 == 0: one box per block, every thread reads box 0's entry), where ptxas moves
-// the same-address load's value into a uniform register right after it, so the pair's first
-// instructions wait for it (2 % of ncu's stall samples; loading in lane 0 only, which defers that
-// move to the refill, was slower: docs/benchmarks.md, session 14).
+// box, which the copy engine fills with zeros. The load is issued a pair before the refill that
+// uses it. With kBox64 (page_size % 64 == 0: one box per block, every thread reads box 0's entry)
+// ptxas moves the same-address load's value into a uniform register right after it, so the
+// thread waits for the load there: the loads are placed where the warpgroups wait anyway
+// (next_pages in the kernel; at the top of the pair they held 2 % of ncu's stall samples, ahead
+// of warpgroup 0's softmax; loading in lane 0 only, which defers that move to the refill, was
+// slower: docs/benchmarks.md, session 14).
 template <bool kBox64>
 __device__ __forceinline__ int box_page(const DenseDecodeKernelParams& p, const Segment& s,
                                         int blk, int wl) {
@@ -892,6 +893,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     // are issued and used after them, so the two latencies overlap.
     const bool has_first = s.blk_lo + wg < s.blk_hi;
     const int first_page = box_page<kBox64>(p, s, has_first ? s.blk_lo + wg : s.blk_lo, wl);
+    // Pages of the blocks that a pair's refills load (blk + 2, blk + 3), each looked up during
+    // the pair before (see next_pages).
+    int page0n = box_page<kBox64>(p, s, s.blk_lo + 2 < s.blk_hi ? s.blk_lo + 2 : s.blk_lo, wl);
+    int page1n = box_page<kBox64>(p, s, s.blk_lo + 3 < s.blk_hi ? s.blk_lo + 3 : s.blk_lo, wl);
     // ---- Q tile: rows (s, g) of this KV head, zero-padded to 64, into swizzled chunks ----
     {
       if (p.q_tma) {
@@ -947,10 +952,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       float* m1_buf = s_m1 + 64 * (fills0 & 1);
       const bool has1 = blk + 1 < s.blk_hi;
       const bool next0 = blk + 2 < s.blk_hi, next1 = blk + 3 < s.blk_hi;
-      // Pages of the next pair's blocks, for the refills issued during this pair.
       const uint32_t par0 = fills0 & 1, par1 = fills1 & 1;
-      const int page0n = box_page<kBox64>(p, s, next0 ? blk + 2 : blk, wl);
-      const int page1n = box_page<kBox64>(p, s, next1 ? blk + 3 : blk, wl);
+      // The next pair's refill pages, looked up where each warpgroup waits anyway: warpgroup 0
+      // behind the next S0, warpgroup 1 after its last refill (box_page: the thread waits for the
+      // load right after it with kBox64; at the top of the pair that wait held up warpgroup 0's
+      // softmax, and m0).
+      auto next_pages = [&]() {
+        page0n = box_page<kBox64>(p, s, blk + 4 < s.blk_hi ? blk + 4 : blk, wl);
+        page1n = box_page<kBox64>(p, s, blk + 5 < s.blk_hi ? blk + 5 : blk, wl);
+      };
       uint32_t pa[16];
       float mx[2], rs[2], m0[2], m1[2], f0[2], f1[2];
       if (wg == 0) {
@@ -1042,6 +1052,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (has1 && next1) load(1, s, blk + 3, page1n, L::kG1, kChunks);
         if (next0) issue_s(sc, 0, par0n, 4, kChunks);
         wgmma_commit();  // group C: next S0, chunks 4-8
+        next_pages();
         wgmma_wait<0>();
         fence_regs(o);
         fence_regs(sc);
@@ -1116,6 +1127,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         fence_regs(pa);
         // V0_R and P0 (RoPE chunk) are free
         if (next0) load(0, s, blk + 2, page0n, 4, kChunks);
+        next_pages();
       }
       ++fills0;
       if (has1) ++fills1;
