@@ -889,8 +889,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   for_each_segment(p, part, s_tab, [&](const Segment& seg) {
     const Segment s = uniform_segment(seg);
     OPENMLA_PROF_STAMP_FIRST(1);
-    // The block-table entry of this warpgroup's first block is requested before the Q copies
-    // are issued and used after them, so the two latencies overlap.
+    // The block-table entry of this warpgroup's first block is requested before the Q copies are
+    // issued and used after them. (With kBox64 ptxas waits for it before the Q copies, see
+    // box_page; loading it after them would not bring the first S earlier, since the block's
+    // copies need the page either way.)
     const bool has_first = s.blk_lo + wg < s.blk_hi;
     const int first_page = box_page<kBox64>(p, s, has_first ? s.blk_lo + wg : s.blk_lo, wl);
     // Pages of the blocks that a pair's refills load (blk + 2, blk + 3), each looked up during
