@@ -958,7 +958,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       // The next pair's refill pages, looked up where each warpgroup waits anyway: warpgroup 0
       // behind the next S0, warpgroup 1 after its last refill (box_page: the thread waits for the
       // load right after it with kBox64; at the top of the pair that wait held up warpgroup 0's
-      // softmax, and m0).
+      // softmax, and m0). The clamps to the segment here and at its start are not needed for
+      // bounds (box_page reads only entries of tokens below the length), but without them ptxas
+      // schedules the pair differently: 0.8-3.5 % slower at s_q = 2 (docs/benchmarks.md, session
+      // 16), so they stay.
       auto next_pages = [&]() {
         page0n = box_page<kBox64>(p, s, blk + 4 < s.blk_hi ? blk + 4 : blk, wl);
         page1n = box_page<kBox64>(p, s, blk + 5 < s.blk_hi ? blk + 5 : blk, wl);
