@@ -212,6 +212,9 @@ struct Result {
   // SM clock right after the graph replays (a probe kernel queued behind them): below the
   // maximum when sustained replays hit the power cap.
   double clock_mhz = kNaN;
+  // The board's average power over the graph replays (NVML's energy counter) and the energy
+  // per call it implies; at h_q = 128 the replays run at the power cap (700 W on the H200).
+  double energy_mj = kNaN, power_w = kNaN;
   int sets = 0;            // input sets rotated over (L2)
   int replays = 0;
   Work work;

@@ -62,11 +62,12 @@ void launch_empty(cudaStream_t stream) {
   OPENMLA_CUDA_CHECK(cudaGetLastError());
 }
 
-double sm_clock_mhz(cudaStream_t stream) {
+double sm_clock_mhz(cudaStream_t stream, const std::function<void()>& while_waiting) {
   static DeviceBuffer buf(2 * sizeof(unsigned long long));
   unsigned long long h[2] = {0, 0};
   clock_probe_kernel<<<1, 1, 0, stream>>>(static_cast<unsigned long long*>(buf.get()));
   OPENMLA_CUDA_CHECK(cudaGetLastError());
+  if (while_waiting) while_waiting();  // (before the copy: into pageable memory it blocks)
   OPENMLA_CUDA_CHECK(cudaMemcpyAsync(h, buf.get(), sizeof h, cudaMemcpyDeviceToHost, stream));
   OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
   return h[1] > 0 ? double(h[0]) / double(h[1]) * 1e3 : 0.0;

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "cuda/common/cuda_check.h"  // OPENMLA_CUDA_CHECK: throws openmla::Error("cuda", ...)
@@ -46,7 +47,15 @@ void fill_normal_bf16(void* dst, size_t count, uint64_t seed, float sigma, cudaS
 
 // The SM clock in MHz now: a one-thread kernel counts clock64 cycles over ~50 us of globaltimer,
 // queued on `stream` (so it runs right after the work queued before it); waits for the stream.
-double sm_clock_mhz(cudaStream_t stream);
+// `while_waiting` (if set) runs on the host once the probe is queued, before the wait.
+double sm_clock_mhz(cudaStream_t stream, const std::function<void()>& while_waiting = {});
+
+// The board's average power (W) while the work before `done` runs: the host polls NVML's
+// energy counter of the current CUDA device (it moves in steps of ~100 ms) until `done` has
+// completed, and divides the energy between the first and the last step it saw by the time
+// between them. NaN without NVML or when those steps span under 250 ms (replay windows under
+// ~0.35 s, e.g. --quick). Expect +-5 % over ~1 s: the board's power swings within the cap.
+double gpu_power_until(cudaEvent_t done);
 
 // A one-thread kernel that keeps `stream` busy for `us` microseconds (work queued behind it is
 // issued by the host meanwhile, so events around that work time the GPU alone).

@@ -289,7 +289,8 @@ class GraphExec {
 template <class Which>
 bool graph_time(Case& k, Which which, const Options& opt, double eager_us, cudaStream_t stream,
                 double& median_us, double& min_us, int& replays, std::string& why,
-                double* clock_mhz = nullptr) {
+                double* clock_mhz = nullptr, double* energy_mj = nullptr,
+                double* power_w = nullptr) {
   const int n = int(k.sets.size());
   std::unique_ptr<GraphExec> graph;
   try {
@@ -313,10 +314,20 @@ bool graph_time(Case& k, Which which, const Options& opt, double eager_us, cudaS
     graph->launch(stream);
     OPENMLA_CUDA_CHECK(cudaEventRecord(ev[i + 1], stream));
   }
-  if (clock_mhz != nullptr) *clock_mhz = sm_clock_mhz(stream);  // (after the last event)
+  // The board's power while the replays run (the host polls NVML meanwhile).
+  double watts = std::numeric_limits<double>::quiet_NaN();
+  const auto poll_power = [&] {
+    if (power_w != nullptr) watts = gpu_power_until(ev[reps]);
+  };
+  if (clock_mhz != nullptr)
+    *clock_mhz = sm_clock_mhz(stream, poll_power);  // (queued after the last event)
+  else
+    poll_power();
   OPENMLA_CUDA_CHECK(cudaStreamSynchronize(stream));
   std::vector<double> us(reps);
   for (int i = 0; i < reps; ++i) us[i] = ev.ms(i, i + 1) * 1e3 / n;
+  if (power_w != nullptr) *power_w = watts;
+  if (energy_mj != nullptr) *energy_mj = watts * ev.ms(0, reps) / (double(reps) * n);  // W * ms
   median_us = median(us);
   min_us = us.front();
   replays = reps;
@@ -447,7 +458,8 @@ void time_case(Case& k, const Options& opt, cudaStream_t stream, Result& r) {
   }
   // 4. Graph: capture one call per set, replay; per-call time = replay time / sets.
   if (!graph_time(k, [](InputSet& s) -> auto& { return s.call; }, opt, r.eager_us, stream,
-                  r.graph_us, r.graph_min_us, r.replays, why, &r.clock_mhz)) {
+                  r.graph_us, r.graph_min_us, r.replays, why, &r.clock_mhz, &r.energy_mj,
+                  &r.power_w)) {
     r.message = "CUDA-graph capture failed, eager time only: " + why;
     return;
   }
@@ -635,6 +647,9 @@ int run_gpu(const Options& opt, const std::vector<std::string>& suites, DeviceIn
         std::cerr << ", rested " << format_double(r.rested_us, 1) << " us";
         if (!std::isnan(r.clock_mhz))
           std::cerr << ", SM clock after the replays " << format_double(r.clock_mhz, 0) << " MHz";
+        if (!std::isnan(r.power_w))
+          std::cerr << ", " << format_double(r.power_w, 0) << " W, "
+                    << format_double(r.energy_mj, 1) << " mJ per call";
         if (!std::isnan(r.op_us))
           std::cerr << " | plan alone " << format_double(r.plan_us, 1) << " us, operator alone "
                     << format_double(r.op_us, 1) << " us";

@@ -354,6 +354,8 @@ void write_json(const std::string& path, const Options& opt, const DeviceInfo& d
         j.key("empty_kernel_eager_us").value(r.empty_eager_us);
         j.key("empty_kernel_host_us").value(r.empty_host_us);
         j.key("sm_clock_mhz_after_graph").value(r.clock_mhz);
+        j.key("graph_power_w").value(r.power_w);
+        j.key("graph_energy_mj_per_call").value(r.energy_mj);
         j.key("input_sets").value(r.sets);
         j.key("replays").value(r.replays);
       } else {
