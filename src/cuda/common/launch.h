@@ -1,9 +1,11 @@
 // Kernel launch with programmatic dependent launch (PDL): the kernel may be scheduled while the
 // previous kernel in the stream is still finishing, so its launch latency and prologue overlap
 // that kernel's tail. Used for the combine kernel; the planner and the attention kernel are
-// launched plainly (`pdl` false): PDL on the attention kernel made the long compute-bound runs
-// ~9 % slower on the H200 (docs/benchmarks.md). Every kernel launched this way calls grid_dependency_wait() (ptx.cuh) before
-// touching global memory another kernel writes or reads. Works under CUDA-graph capture.
+// launched plainly (`pdl` false): PDL on the attention kernel gained nothing, and with the
+// planner triggering early the attention CTAs were placed differently and ran 3-15 % slower at
+// h_q = 128 (docs/benchmarks.md, session 16). Every kernel launched this way calls
+// grid_dependency_wait() (ptx.cuh) before touching global memory another kernel writes or reads.
+// Works under CUDA-graph capture.
 // OPENMLA_DISABLE_PDL=1 in the environment launches them as plain stream-ordered kernels (for
 // debugging and A/B timing).
 #pragma once
