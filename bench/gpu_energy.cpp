@@ -48,10 +48,7 @@ EnergyCounter open_counter(int dev) {
   return c;
 }
 
-}  // namespace
-
-namespace {
-
+// NVML's total energy (mJ) of the current CUDA device, NaN when it cannot be read.
 double gpu_energy_mj() {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return std::numeric_limits<double>::quiet_NaN();
