@@ -25,21 +25,29 @@ struct PlanBuffers {
   int num_parts;
   int max_split_reqs;  // min(b, num_parts - 1), at least 1: grid.x of the combine
   int accum_slots;  // 2 * (num_parts - 1): bound on the pieces of split requests
-  // Small batches (plan.cu, kInlinePlanMaxBatch): no planner launch; warp 0 of every attention
-  // CTA computes its part's schedule from the lengths (the planner's arithmetic with fixed cost
-  // fixed_cost, schedule/inline_plan.cuh) and the combine its cut requests the same way. meta,
-  // num_splits, accum_offset and split_reqs are then unused.
+  // Batches of at most kInlinePlanMaxBatch (plan.cu; up to kInlineSmallBatch for the main
+  // kernel without pair merges): no planner launch; warp 0 of every
+  // attention CTA computes its part's schedule from the lengths (the planner's arithmetic with
+  // fixed cost fixed_cost, schedule/inline_plan.cuh), and the combine its cut requests the same
+  // way (batches of at most kInlineSmallBatch) or from the cut list that the attention
+  // kernel's first CTA writes. meta, num_splits and accum_offset are then unused.
   int inline_plan;
   int fixed_cost;
   // Requests cut in exactly two pieces are merged by the attention kernel (its kMerge build;
-  // main kernel, planner plans: batch > kInlinePlanMaxBatch, at most two m blocks) and left off
+  // main kernel, batches of at least kMergeMinBatch, at most two m blocks) and left off
   // split_reqs: merge_sync holds two ints per (request, m block, KV head), zero between launches
   // (a ticket and the first piece's signal).
   int merge_pairs;
   int32_t* merge_sync;
 };
-// Largest batch planned inside the attention kernel (one lane per request).
-inline constexpr int kInlinePlanMaxBatch = 8;
+// Largest batch planned inside the attention kernel (warp 0 of each CTA, up to 8 requests per
+// lane; kernel.cuh). Up to kInlineSmallBatch (one lane per request) every kernel build plans
+// inline and the wide combine derives its cut request from the lengths too; larger batches
+// leave the combine a cut list written by the attention kernel's first CTA.
+inline constexpr int kInlinePlanMaxBatch = 256;
+inline constexpr int kInlineSmallBatch = 8;
+// Requests cut in two pieces are merged by the attention kernel in batches of at least this.
+inline constexpr int kMergeMinBatch = 9;
 
 // n / d for 0 <= n < 2^31 and a divisor d >= 1 fixed per launch, as a multiply-high and a
 // shift (round-up reciprocal: mul = ceil(2^(31 + l) / d), l = ceil(log2 d), shr = l - 1; d = 1

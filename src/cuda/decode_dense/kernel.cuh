@@ -216,10 +216,18 @@ struct Segment {
   bool last;  // the part's last segment
 };
 
-// Inline plans (PlanBuffers::inline_plan, small batches): warp 0 of each CTA computes its part's
-// schedule at the kernel's start (inline_plan_table, lane k: entry k) into a 16-int table in
-// shared memory: entries 0-5 the planner's meta for the part (PlanMeta order), entry
-// kTableSplit + i request i's pieces << 16 | first accumulator slot (both < 2^16).
+// Inline plans (PlanBuffers::inline_plan): warp 0 of each CTA computes its part's schedule at the
+// kernel's start into a 16-int table in shared memory, lane k entry k: entries 0-5 the
+// planner's meta for the part (PlanMeta order), then split entries (pieces << 16 | first
+// accumulator slot, both < 2^16). Two forms (kWide, a template parameter of the kernels):
+// - batches of at most 8 (inline_plan_table, one lane per request): entry kTableSplit + i is
+//   request i's;
+// - up to kInlinePlanMaxBatch (warp_plan_table, up to 8 requests per lane; the narrow kernel and
+//   the main kernel's pair-merge build): entries kTableFirst / kTableLast are the part's first
+//   and last request's (any request between them has one piece), and the grid's first CTA also
+//   writes the combine's cut list.
+// The main kernel's other build keeps the first form: with the second, ptxas rescheduled its
+// pair loop and s_q = 2 long contexts ran 1-3.5 % slower (session 17).
 constexpr int kTableSplit = 8;
 
 __device__ __forceinline__ int inline_plan_table(const DenseDecodeKernelParams& p, int part) {
@@ -247,29 +255,49 @@ __device__ __forceinline__ int inline_plan_table(const DenseDecodeKernelParams& 
     case kBeginLen: return empty ? 0 : first_len;
     case kBeginBlk: return empty ? 0 : part_begin_blk(part, first_fp, per, first_prefix, fc);
     case kBeginSplit: return empty ? 0 : part - first_fp;
-    case kLastBlkEnd:
-      return empty ? 0 : part_end_blk(part, last_lp, per, last_prefix, last_cost, fc);
+    case kLastBlkEnd:  // (where the request ends: its end, like part_end_blk's kToEnd)
+      return empty ? 0
+             : part == last_lp ? last_cost - fc
+                               : (part + 1) * per - last_prefix - fc;
     default: return lane >= kTableSplit && lane < kTableSplit + 8 ? info : 0;
   }
 }
 
 // Warp 0 of an inline-plan CTA fills its table (the caller then syncs the CTA).
+template <bool kWide>
 __device__ __forceinline__ void fill_plan_table(const DenseDecodeKernelParams& p, int part,
                                                 int* s_tab) {
   if (p.plan.inline_plan && threadIdx.x < 32) {
-    const int t = inline_plan_table(p, part);
+    int t;
+    if constexpr (kWide)
+      t = warp_plan_table(p, part, (blockIdx.x | blockIdx.y | blockIdx.z) == 0);
+    else
+      t = inline_plan_table(p, part);
     if (threadIdx.x < 16) s_tab[threadIdx.x] = t;
   }
 }
 
-// The split entries of request `req` for the epilogue: pieces and first accumulator slot.
+// The split entries of request `req` of this part for the epilogue: pieces and first
+// accumulator slot.
+template <bool kWide>
+__device__ __forceinline__ int plan_split_info(const int* s_tab, int req) {
+  if constexpr (kWide)
+    return req == s_tab[kBeginReq] ? s_tab[kTableFirst]
+           : req == s_tab[kLastReq] ? s_tab[kTableLast]
+                                    : 1 << 16;
+  else
+    return s_tab[kTableSplit + req];
+}
+template <bool kWide>
 __device__ __forceinline__ int plan_num_splits(const DenseDecodeKernelParams& p, const int* s_tab,
                                                int req) {
-  return p.plan.inline_plan ? s_tab[kTableSplit + req] >> 16 : p.plan.num_splits[req];
+  return p.plan.inline_plan ? plan_split_info<kWide>(s_tab, req) >> 16 : p.plan.num_splits[req];
 }
+template <bool kWide>
 __device__ __forceinline__ int plan_accum_offset(const DenseDecodeKernelParams& p,
                                                  const int* s_tab, int req) {
-  return p.plan.inline_plan ? s_tab[kTableSplit + req] & 0xffff : p.plan.accum_offset[req];
+  return p.plan.inline_plan ? plan_split_info<kWide>(s_tab, req) & 0xffff
+                            : p.plan.accum_offset[req];
 }
 
 // Walks the segments (one per request touched) of schedule part `part` (its meta: the planner's
@@ -790,7 +818,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     mbar_fence_init();
     if (kMerge) s_ticket[1] = 0;
   }
-  fill_plan_table(p, part, s_tab);
+  fill_plan_table<kMerge>(p, part, s_tab);
   __syncthreads();
 
   // Each block is read by the m_blocks CTAs of its request at about the same time, then never
@@ -1148,7 +1176,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       s_sum[wg * 64 + rw.r0] = l[0];
       s_sum[wg * 64 + rw.r0 + 8] = l[1];
     }
-    const int nsplit = plan_num_splits(p, s_tab, s.req);
+    const int nsplit = plan_num_splits<kMerge>(p, s_tab, s.req);
     // kMerge (PlanBuffers::merge_pairs): of a request cut in two pieces, the piece that finishes
     // second merges both (pair_merge) and the combine kernel skips the request; the first stores
     // its partial as any piece does and then signals its sync word. The ticket is taken now, read
@@ -1171,7 +1199,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // 64-128 KB of thread stores (b=128 h_q=128 s_q=2 s_k=4096: -2 %); the part's last segment
     // stores from registers (staging would only lengthen the kernel's end: b=8 +1.3 us).
     const bool direct = nsplit <= 1;
-    const int acc0 = direct ? 0 : plan_accum_offset(p, s_tab, s.req);  // first slot
+    const int acc0 = direct ? 0 : plan_accum_offset<kMerge>(p, s_tab, s.req);  // first slot
     uint8_t* tile = smem + L::kK;
     if (kMerge && s_ticket[0] != 0) {  // the second piece of a pair
       pair_merge<Elem>(p, s, rw, m, s_sum, acc0, m_block, hk, wg, tid, o, tile, q_full, q_par,

@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
     mbar_init(q_full, 1);
     mbar_fence_init();
   }
-  fill_plan_table(p, part, s_tab);
+  fill_plan_table<true>(p, part, s_tab);
   __syncthreads();
   // The ring slot of chunk number n (both sides count the chunks of the part in the same order).
   auto slot_of = [](uint32_t n) { return static_cast<int>(n % L::kSlots); };
@@ -296,8 +296,8 @@ __global__ void __launch_bounds__(kNarrowThreads, 1)
   for_each_segment(p, part, s_tab, [&](const Segment& seg) {
     const Segment s = uniform_segment(seg);
     // The epilogue's plan entries, loaded now (their latency was on the epilogue's path).
-    const int nsplit = plan_num_splits(p, s_tab, s.req);
-    const int acc0 = plan_accum_offset(p, s_tab, s.req);
+    const int nsplit = plan_num_splits<true>(p, s_tab, s.req);
+    const int acc0 = plan_accum_offset<true>(p, s_tab, s.req);
     // ---- Q tile: the kN query rows of this KV head (zero rows past p.rows) ----
     {
       if (p.q_tma) {

@@ -1,7 +1,10 @@
 // The split-KV planner's arithmetic, shared by the planner kernel (schedule/plan.cu) and the
-// inline plans of small batches (PlanBuffers::inline_plan: one warp, lane i = request i, from
-// which the attention kernel derives its part's segments and the combine its cut requests, so no
-// planner kernel runs for batches of at most kInlinePlanMaxBatch).
+// inline plans (PlanBuffers::inline_plan, batches of at most kInlinePlanMaxBatch: no planner
+// kernel runs). There warp 0 of every attention CTA plans the whole batch (warp_plan: lane l
+// holds requests l K .. l K + K - 1, K = ceil(b / 32)) and keeps what its part needs; the wide
+// combine of batches of at most kInlineSmallBatch derives its cut request the same way
+// (lane_plan: lane i = request i), larger ones read the cut list that the attention kernel's
+// first CTA writes.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -22,6 +25,20 @@ __device__ __forceinline__ T warp_inclusive_sum(T v) {
   return v;
 }
 
+// A request's blocks on the planner's line: its 64-token blocks; in batches over
+// kInlineSmallBatch at most kPlanMaxBlocks, so that the line of kInlinePlanMaxBatch requests fits
+// in 32 bits. Only the plan's balance depends on it: the part holding a request's end runs to its
+// end (part_end_blk).
+inline constexpr int kPlanMaxBlocks = 1 << 21;
+__device__ __forceinline__ int plan_blocks(int len, int batch) {
+  const int n = (max(0, len) + 63) / 64;
+  return batch > kInlineSmallBatch ? min(n, kPlanMaxBlocks) : n;
+}
+static_assert(int64_t(kInlinePlanMaxBatch) * (kPlanMaxBlocks + 8) < (int64_t(1) << 30),
+              "an inline plan's line must fit in 31 bits with room for (part + 1) * per");
+static_assert(int64_t(kInlineSmallBatch) * ((int64_t(1) << 25) + 8) < (int64_t(1) << 30),
+              "unclamped lines of small batches must fit in 31 bits");
+
 // First and last part (f, l, clamped to the last part) of a request at `prefix` on the line with
 // `cost` (its blocks + the fixed cost fc; not batch-invariant): its blocks fall in parts
 // (prefix + fc) / per .. (prefix + cost - 1) / per; an empty request gets one (empty) piece where
@@ -38,16 +55,16 @@ __device__ __forceinline__ void request_parts(T prefix, T cost, T per, int fc, i
 }
 
 // Block bounds of part `part` in its first request (prefix first_prefix, first part fp) and its
-// last request (prefix last_prefix, cost last_cost, last part lp).
+// last request (prefix last_prefix, last part lp); the part that holds a request's end gets
+// kToEnd (the walk takes min(kToEnd, the request's blocks)).
+inline constexpr int kToEnd = 1 << 30;
 template <class T>
 __device__ __forceinline__ int part_begin_blk(int part, int fp, T per, T first_prefix, int fc) {
   return part == fp ? 0 : static_cast<int>(part * per - first_prefix - fc);
 }
 template <class T>
-__device__ __forceinline__ int part_end_blk(int part, int lp, T per, T last_prefix, T last_cost,
-                                            int fc) {
-  return part == lp ? static_cast<int>(last_cost - fc)
-                    : static_cast<int>((part + 1) * per - last_prefix - fc);
+__device__ __forceinline__ int part_end_blk(int part, int lp, T per, T last_prefix, int fc) {
+  return part == lp ? kToEnd : static_cast<int>((part + 1) * per - last_prefix - fc);
 }
 
 // What the planner decides for request `lane` (own: lane < batch), in the planner's names: its
@@ -64,7 +81,7 @@ __device__ __forceinline__ LanePlan lane_plan(const DenseDecodeKernelParams& p) 
   const int lane = threadIdx.x % 32, parts = p.plan.num_parts, fc = p.plan.fixed_cost;
   r.own = lane < p.batch;
   r.len = r.own ? max(0, p.seqlens[lane * p.seqlens_stride]) : 0;
-  r.cost = r.own ? (r.len + 63) / 64 + fc : 0;
+  r.cost = r.own ? (r.len + 63) / 64 + fc : 0;  // (plan_blocks: no cap for small batches)
   const int incl = warp_inclusive_sum(r.cost);
   r.prefix = incl - r.cost;
   const int total = __shfl_sync(0xffffffff, incl, 31);
@@ -76,6 +93,113 @@ __device__ __forceinline__ LanePlan lane_plan(const DenseDecodeKernelParams& p) 
   r.acc0 = warp_inclusive_sum(slots) - slots;
   r.cut_rank = warp_inclusive_sum(r.cut ? 1 : 0);
   return r;
+}
+
+// An inline plan's table (16 ints in the attention kernel's shared memory): entries 0-5 the
+// part's meta (PlanMeta order), then the split entries (pieces << 16 | first accumulator slot)
+// of its first and its last request; any request between them lies in this part alone (one
+// piece).
+inline constexpr int kTableFirst = 8, kTableLast = 9;
+
+// The planner's decisions for the whole batch, computed by one warp (all lanes call it; lane l
+// holds requests l K .. l K + K - 1, K = ceil(b / 32) <= 8); lane k returns entry k of
+// part `part`'s table. With `write_list` (one warp of the grid) and a batch over
+// kInlineSmallBatch it also writes the combine's cut list (split_reqs, num_split_reqs), as
+// the planner kernel does. Rolled loops that reload the lengths (L1 hits) instead of keeping
+// per-request arrays: unrolled, this was ~1000 instructions in each attention kernel and ptxas
+// rescheduled their main loops around it.
+__device__ __forceinline__ int warp_plan_table(const DenseDecodeKernelParams& p, int part,
+                                               bool write_list) {
+  const int lane = threadIdx.x % 32, b = p.batch, parts = p.plan.num_parts;
+  const int fc = p.plan.fixed_cost;
+  const int K = (b + 31) / 32, i0 = lane * K, i1 = min(b, i0 + K);
+  auto len_of = [&](int i) {
+    return max(0, p.seqlens[static_cast<int64_t>(i) * p.seqlens_stride]);
+  };
+  int run = 0;
+#pragma unroll 1
+  for (int i = i0; i < i1; ++i) run += plan_blocks(len_of(i), b) + fc;
+  const int incl = warp_inclusive_sum(run);
+  const int total = __shfl_sync(0xffffffff, incl, 31);
+  const int per = max(1, (total + parts - 1) / parts);
+  // This lane's requests in order: their parts, pieces and slots (relative to the lane's first
+  // slot); the first whose last part is >= part and the last whose first part is <= part, with
+  // what the table needs of them (both conditions are monotone over the requests).
+  int slots = 0, listed = 0, first = b, last = -1;
+  int first_len = 0, first_prefix = 0, first_fp = 0, first_info = 0;
+  int last_prefix = 0, last_lp = 0, last_info = 0;
+  int pre = incl - run;
+#pragma unroll 1
+  for (int i = i0; i < i1; ++i) {
+    const int len = len_of(i), cost = plan_blocks(len, b) + fc;
+    int f, l;
+    request_parts(pre, cost, per, fc, parts, f, l);
+    const int pieces = l - f + 1, info = (pieces << 16) | slots;
+    if (l >= part && first == b) {
+      first = i;
+      first_len = len;
+      first_prefix = pre;
+      first_fp = f;
+      first_info = info;
+    }
+    if (f <= part) {
+      last = i;
+      last_prefix = pre;
+      last_lp = l;
+      last_info = info;
+    }
+    if (pieces > 1) {
+      slots += pieces;
+      listed += p.plan.merge_pairs && pieces == 2 ? 0 : 1;
+    }
+    pre += cost;
+  }
+  const int slot_base = warp_inclusive_sum(slots) - slots;
+  if (write_list && b > kInlineSmallBatch) {
+    const int incl_listed = warp_inclusive_sum(listed);
+    int r = incl_listed - listed, slot = slot_base;
+    pre = incl - run;
+#pragma unroll 1
+    for (int i = i0; i < i1; ++i) {
+      const int cost = plan_blocks(len_of(i), b) + fc;
+      int f, l;
+      request_parts(pre, cost, per, fc, parts, f, l);
+      const int pieces = l - f + 1;
+      if (pieces > 1) {
+        if (!(p.plan.merge_pairs && pieces == 2))
+          *reinterpret_cast<int4*>(p.plan.split_reqs + 4 * r++) = make_int4(i, pieces, slot, 0);
+        slot += pieces;
+      }
+      pre += cost;
+    }
+    if (lane == 31) *p.plan.num_split_reqs = incl_listed;
+  }
+  // Across the lanes: the first lane with a match holds the part's first request, the last lane
+  // with a match its last.
+  const unsigned ge = __ballot_sync(0xffffffff, first < b);
+  const unsigned le = __ballot_sync(0xffffffff, last >= 0);
+  const int fsrc = ge ? __ffs(ge) - 1 : 0, lsrc = le ? 31 - __clz(le) : 0;
+  first = ge ? __shfl_sync(0xffffffff, first, fsrc) : b;
+  last = max(first - 1, le ? __shfl_sync(0xffffffff, last, lsrc) : -1);
+  first_len = __shfl_sync(0xffffffff, first_len, fsrc);
+  first_prefix = __shfl_sync(0xffffffff, first_prefix, fsrc);
+  first_fp = __shfl_sync(0xffffffff, first_fp, fsrc);
+  first_info = __shfl_sync(0xffffffff, first_info + slot_base, fsrc);
+  last_prefix = __shfl_sync(0xffffffff, last_prefix, lsrc);
+  last_lp = __shfl_sync(0xffffffff, last_lp, lsrc);
+  last_info = __shfl_sync(0xffffffff, last_info + slot_base, lsrc);
+  const bool empty = first > last;
+  switch (lane) {
+    case kBeginReq: return first;
+    case kLastReq: return last;
+    case kBeginLen: return empty ? 0 : first_len;
+    case kBeginBlk: return empty ? 0 : part_begin_blk(part, first_fp, per, first_prefix, fc);
+    case kBeginSplit: return empty ? 0 : part - first_fp;
+    case kLastBlkEnd: return empty ? 0 : part_end_blk(part, last_lp, per, last_prefix, fc);
+    case kTableFirst: return empty ? 0 : first_info;
+    case kTableLast: return empty ? 0 : last_info;
+    default: return 0;
+  }
 }
 
 }  // namespace openmla::sm90

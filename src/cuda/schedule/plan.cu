@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
   const int parts = buf.num_parts;
   OPENMLA_PLAN_STAMP(0);
   auto nblk_of = [&](int i) {
-    return (max(0, seqlens[i * seqlens_stride]) + kBlockTokens - 1) / kBlockTokens;
+    return plan_blocks(seqlens[i * seqlens_stride], batch);
   };
   // 1. Prefix of the costs: each thread a contiguous chunk of requests.
   const int chunk = (batch + kPlannerThreads - 1) / kPlannerThreads;
@@ -180,8 +180,7 @@ __global__ void __launch_bounds__(kPlannerThreads, 1)
     const int fp = first_part[first];
     m[kBeginBlk] = part_begin_blk(p, fp, per, prefix[first], fixed_cost);
     m[kBeginSplit] = p - fp;
-    m[kLastBlkEnd] =
-        part_end_blk(p, last_part[last], per, prefix[last], cost_of(last), fixed_cost);
+    m[kLastBlkEnd] = part_end_blk(p, last_part[last], per, prefix[last], fixed_cost);
   }
 #if defined(OPENMLA_DECODE_PROFILE)
   __syncthreads();
@@ -434,11 +433,11 @@ __global__ void __launch_bounds__(kGroups * 128) combine_wide_kernel(DenseDecode
   const int hk = blockIdx.z, c = blockIdx.x;
   // CTA column c merges cut request c: there are at most min(b, num_parts - 1) = gridDim.x of
   // them (a cut request spans at least one boundary between consecutive parts, and no two share
-  // one). Inline plans (small batches, no planner ran) take it from the lengths, every warp the
-  // same; else from the planner's list. (Out of the row loop: read there, behind that branch,
-  // it made this kernel 16 -> 26 us at b=1, ncu.)
+  // one). Inline plans of small batches (no planner ran) take it from the lengths, every warp the
+  // same; else from the list (the planner's, or the attention kernel's first CTA's). (Out of the
+  // row loop: read there, behind that branch, it made this kernel 16 -> 26 us at b=1, ncu.)
   int4 cut;
-  if (p.plan.inline_plan) {
+  if (p.plan.inline_plan && p.batch <= kInlineSmallBatch) {
     const LanePlan lp = lane_plan(p);
     if (c >= __shfl_sync(0xffffffff, lp.cut_rank, 31)) return;
     const int src = __ffs(__ballot_sync(0xffffffff, lp.cut && lp.cut_rank == c + 1)) - 1;
@@ -535,11 +534,16 @@ void set_partials(PlanBuffers& buf, void* base, size_t slot_rows) {
 // same whatever batch it was made for.
 void set_batch(PlanState& st, const DecodePlanConfig& c, int batch) {
   st.buf.max_split_reqs = std::max(1, std::min(std::max(batch, 1), st.buf.num_parts - 1));
-  // Small batches are planned inside the attention kernel (PlanBuffers::inline_plan): one launch
-  // less per call. OPENMLA_DECODE_NO_INLINE_PLAN=1 (at creation) keeps the planner (development
-  // A/B).
-  st.buf.inline_plan = !c.batch_invariant && batch <= kInlinePlanMaxBatch && !st.no_inline;
-  st.buf.merge_pairs = st.can_merge && batch > kInlinePlanMaxBatch;
+  st.buf.merge_pairs = st.can_merge && batch >= kMergeMinBatch;
+  // Batches are planned inside the attention kernel (PlanBuffers::inline_plan): one launch less
+  // per call (b=128 s_k=4096: -1 to -1.6 %, b=32 h_q=16: -5 %). Up to kInlinePlanMaxBatch by
+  // the builds with the wide table (narrow kernel, main kernel with pair merges), up to
+  // kInlineSmallBatch by the others (see kernel.cuh). OPENMLA_DECODE_NO_INLINE_PLAN=1 (at
+  // creation) keeps the planner (development A/B).
+  const bool wide_table = uses_narrow_kernel(st.rows) || st.buf.merge_pairs;
+  st.buf.inline_plan =
+      !c.batch_invariant && !st.no_inline &&
+      (batch <= kInlineSmallBatch || (wide_table && batch <= kInlinePlanMaxBatch));
 }
 
 void plan_create(DecodePlan::Impl& impl) {
@@ -557,11 +561,12 @@ void plan_create(DecodePlan::Impl& impl) {
   st->buf.accum_slots = 2 * (st->buf.num_parts - 1);
   st->buf.fixed_cost = uses_narrow_kernel(st->rows) ? kFixedCostNarrow : kFixedCostMain;
   st->no_inline = env_flag("OPENMLA_DECODE_NO_INLINE_PLAN");
-  // Two-piece requests merged in the attention kernel: not for small batches (their planner-
-  // kernel plans must give the inline plans' bits) nor more than two m blocks (s_q = 2 at
+  // Two-piece requests merged in the attention kernel: not for batches under kMergeMinBatch
+  // (their cut requests are few and the wide combine derives them from the lengths) nor more
+  // than two m blocks (s_q = 2 at
   // h_q = 128: that kernel build was 1.5-3 % slower on long contexts, merging or not, and the
   // combine it saves is ~0.5 % there). OPENMLA_DECODE_NO_PAIR_MERGE=1: development A/B.
-  st->can_merge = !c.batch_invariant && c.batch > kInlinePlanMaxBatch &&
+  st->can_merge = !c.batch_invariant && c.batch >= kMergeMinBatch &&
                   !uses_narrow_kernel(st->rows) && st->m_blocks <= 2 &&
                   !env_flag("OPENMLA_DECODE_NO_PAIR_MERGE");
   set_batch(*st, c, c.batch);
@@ -649,8 +654,8 @@ void plan_update(DecodePlan::Impl& impl, const TensorView& cache_seqlens, Stream
 
 void launch_combine(const DenseDecodeKernelParams& p, cudaStream_t stream) {
   if (p.plan.num_parts <= 1) return;  // nothing is ever split
-  static_assert(kInlinePlanMaxBatch <= kCombineWideMaxReqs,
-                "inline plans (no split_reqs list) are merged by the wide kernel");
+  static_assert(kInlineSmallBatch <= kCombineWideMaxReqs,
+                "inline plans without a cut list are merged by the wide kernel");
   if (p.plan.max_split_reqs <= kCombineWideMaxReqs) {
     dim3 grid(p.plan.max_split_reqs, std::min(p.rows, 65535), p.h_kv);
     const int64_t ctas = int64_t(grid.x) * grid.y * grid.z;
