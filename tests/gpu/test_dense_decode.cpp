@@ -51,6 +51,7 @@ struct Case {
   int d_qk, page_size;
   bool varlen;  // lengths ~ N(s_k, s_k/2) with some zeros; else all s_k
   int q_pad;    // > 0: non-contiguous q and out
+  int num_sms = 0;  // DecodePlanConfig::num_sms (0: every SM)
 };
 
 std::string name(const Case& c) {
@@ -58,6 +59,7 @@ std::string name(const Case& c) {
   os << "b" << c.b << "_sq" << c.s_q << "_sk" << c.s_k << (c.varlen ? "v" : "") << "_hq" << c.h_q
      << "_hkv" << c.h_kv << (c.causal ? "_causal" : "") << (c.fp16 ? "_fp16" : "_bf16") << "_d"
      << c.d_qk << "_ps" << c.page_size << (c.q_pad ? "_strided" : "");
+  if (c.num_sms) os << "_sms" << c.num_sms;
   return os.str();
 }
 
@@ -122,7 +124,7 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
   dout.poison();
   dlse.poison();
   DecodePlanConfig cfg{.batch = c.b, .s_q = c.s_q, .h_q = c.h_q, .h_kv = c.h_kv, .d_qk = c.d_qk,
-                       .causal = c.causal};
+                       .causal = c.causal, .num_sms = c.num_sms};
   DecodePlan plan(cuda_device(0), cfg);
   plan.update(dseq.view);
   const DenseDecodeParams p =
@@ -201,9 +203,10 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
     }
   }
 
-  // Batches of at most 256 are planned inside the attention kernel (no planner launch); the
-  // planner kernel (forced by the development switch at plan creation) must give the same
-  // schedule, so the same bits.
+  // Batches of at most 256 are planned inside the attention kernel (no planner launch; over 8
+  // only by the narrow kernel and the pair-merge build, else this compares the planner with
+  // itself); the planner kernel (forced by the development switch at plan creation) must give
+  // the same schedule, so the same bits.
   if (c.b <= 256) {
     setenv("OPENMLA_DECODE_NO_INLINE_PLAN", "1", 1);
     DecodePlan planner_plan(cuda_device(0), cfg);
@@ -514,9 +517,16 @@ std::vector<Case> cases() {
   v.push_back({3, 1, 4096, 32, 1, false, true, 512, 128, true, 8});
   v.push_back({4, 2, 3000, 16, 1, true, false, 576, 256, true, 0});
   // Inline plans of several requests per lane of the planning warp (33-256 requests: 2-8 per
-  // lane, some lanes empty), pair merges among them; 300 below is the planner kernel's.
+  // lane, some lanes empty or partly filled), pair merges among them; 300 below is the planner
+  // kernel's. Their cut lists (written by the attention kernel's first CTA) read by each combine:
+  // the row kernel (b 40, 250), the quarter-row kernel (b 32 h_q 16: few items) and, on a plan
+  // for 16 or 8 SMs (8 parts at most), the wide kernel.
   v.push_back({40, 1, 900, 128, 1, false, false, 576, 64, true, 0});
-  v.push_back({256, 1, 200, 16, 1, false, false, 576, 64, true, 0});
+  v.push_back({250, 1, 200, 16, 1, false, false, 576, 64, true, 0});
+  v.push_back({45, 1, 700, 128, 1, false, true, 512, 64, true, 0});
+  v.push_back({32, 1, 2000, 16, 1, false, false, 576, 64, true, 0});
+  v.push_back({20, 1, 900, 128, 1, false, false, 576, 64, true, 0, 16});
+  v.push_back({12, 1, 600, 16, 1, false, false, 576, 64, true, 0, 8});
   // More requests than schedule parts (66 / 132 on an H200), short ragged lengths with zeros: most
   // parts hold several whole requests and a few cut ones.
   v.push_back({300, 1, 300, 16, 1, false, false, 576, 64, true, 0});

@@ -25,13 +25,20 @@ __device__ __forceinline__ T warp_inclusive_sum(T v) {
   return v;
 }
 
+// Cache lengths are planned as at most kPlanMaxLen (negative: 0), so that (len + 63) cannot
+// overflow: a plan made from the wrapped value cut requests into more pieces than its buffers
+// hold (cut list, partial slots). Longer ones cannot be backed by a block table anyway.
+inline constexpr int kPlanMaxLen = 0x7fffffc0;
+__device__ __forceinline__ int plan_len(int len) { return min(max(0, len), kPlanMaxLen); }
+__device__ __forceinline__ int len_blocks(int len) { return (plan_len(len) + 63) / 64; }
+
 // A request's blocks on the planner's line: its 64-token blocks; in batches over
 // kInlineSmallBatch at most kPlanMaxBlocks, so that the line of kInlinePlanMaxBatch requests fits
 // in 32 bits. Only the plan's balance depends on it: the part holding a request's end runs to its
 // end (part_end_blk).
 inline constexpr int kPlanMaxBlocks = 1 << 21;
 __device__ __forceinline__ int plan_blocks(int len, int batch) {
-  const int n = (max(0, len) + 63) / 64;
+  const int n = len_blocks(len);
   return batch > kInlineSmallBatch ? min(n, kPlanMaxBlocks) : n;
 }
 static_assert(int64_t(kInlinePlanMaxBatch) * (kPlanMaxBlocks + 8) < (int64_t(1) << 30),
@@ -80,8 +87,10 @@ __device__ __forceinline__ LanePlan lane_plan(const DenseDecodeKernelParams& p) 
   LanePlan r;
   const int lane = threadIdx.x % 32, parts = p.plan.num_parts, fc = p.plan.fixed_cost;
   r.own = lane < p.batch;
-  r.len = r.own ? max(0, p.seqlens[lane * p.seqlens_stride]) : 0;
-  r.cost = r.own ? (r.len + 63) / 64 + fc : 0;  // (plan_blocks: no cap for small batches)
+  // (len_blocks written out: its unsigned first form made ptxas reschedule the main kernel's
+  // build that uses this; no cap on the blocks for small batches, see plan_blocks.)
+  r.len = r.own ? plan_len(p.seqlens[lane * p.seqlens_stride]) : 0;
+  r.cost = r.own ? (r.len + 63) / 64 + fc : 0;
   const int incl = warp_inclusive_sum(r.cost);
   r.prefix = incl - r.cost;
   const int total = __shfl_sync(0xffffffff, incl, 31);
