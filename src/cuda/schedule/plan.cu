@@ -536,7 +536,7 @@ void set_batch(PlanState& st, const DecodePlanConfig& c, int batch) {
   st.buf.max_split_reqs = std::max(1, std::min(std::max(batch, 1), st.buf.num_parts - 1));
   st.buf.merge_pairs = st.can_merge && batch >= kMergeMinBatch;
   // Batches are planned inside the attention kernel (PlanBuffers::inline_plan): one launch less
-  // per call (b=128 s_k=4096: -1 to -1.6 %, b=32 h_q=16: -5 %). Up to kInlinePlanMaxBatch by
+  // per call (b=128 s_k=4096: -0.4 to -2 %, b=32 h_q=16: -4 %). Up to kInlinePlanMaxBatch by
   // the builds with the wide table (narrow kernel, main kernel with pair merges), up to
   // kInlineSmallBatch by the others (see kernel.cuh). OPENMLA_DECODE_NO_INLINE_PLAN=1 (at
   // creation) keeps the planner (development A/B).
@@ -563,9 +563,9 @@ void plan_create(DecodePlan::Impl& impl) {
   st->no_inline = env_flag("OPENMLA_DECODE_NO_INLINE_PLAN");
   // Two-piece requests merged in the attention kernel: not for batches under kMergeMinBatch
   // (their cut requests are few and the wide combine derives them from the lengths) nor more
-  // than two m blocks (s_q = 2 at
-  // h_q = 128: that kernel build was 1.5-3 % slower on long contexts, merging or not, and the
-  // combine it saves is ~0.5 % there). OPENMLA_DECODE_NO_PAIR_MERGE=1: development A/B.
+  // than two m blocks (s_q = 2 at h_q = 128: that kernel build was 1.5-3 % slower on long
+  // contexts, merging or not, and the combine it saves is ~0.5 % there).
+  // OPENMLA_DECODE_NO_PAIR_MERGE=1: development A/B.
   st->can_merge = !c.batch_invariant && c.batch >= kMergeMinBatch &&
                   !uses_narrow_kernel(st->rows) && st->m_blocks <= 2 &&
                   !env_flag("OPENMLA_DECODE_NO_PAIR_MERGE");
