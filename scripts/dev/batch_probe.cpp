@@ -54,7 +54,8 @@ int main() {
   cudaStreamCreate(&s);
   struct Cfg { int b, h_q, s_k; };
   for (Cfg c : {Cfg{128, 64, 4096}, Cfg{256, 64, 2048}, Cfg{256, 16, 4096}, Cfg{256, 128, 2048},
-                Cfg{200, 128, 1024}}) {
+                Cfg{200, 128, 1024}, Cfg{384, 64, 2048}, Cfg{512, 64, 1024}, Cfg{512, 16, 2048},
+                Cfg{512, 128, 1024}, Cfg{300, 128, 512}}) {
     const int d = 576, ps = 64, pages_per = c.s_k / ps, pages = c.b * pages_per;
     void *q, *k, *bt, *seq, *out, *lse;
     cudaMalloc(&q, size_t(c.b) * c.h_q * d * 2);

@@ -40,11 +40,11 @@ struct PlanBuffers {
   int merge_pairs;
   int32_t* merge_sync;
 };
-// Largest batch planned inside the attention kernel (warp 0 of each CTA, up to 8 requests per
+// Largest batch planned inside the attention kernel (warp 0 of each CTA, up to 16 requests per
 // lane; kernel.cuh). Up to kInlineSmallBatch (one lane per request) every kernel build plans
 // inline and the wide combine derives its cut request from the lengths too; larger batches
 // leave the combine a cut list written by the attention kernel's first CTA.
-inline constexpr int kInlinePlanMaxBatch = 256;
+inline constexpr int kInlinePlanMaxBatch = 512;
 inline constexpr int kInlineSmallBatch = 8;
 // Requests cut in two pieces are merged by the attention kernel in batches of at least this.
 inline constexpr int kMergeMinBatch = 9;

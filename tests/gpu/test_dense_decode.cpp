@@ -203,11 +203,11 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
     }
   }
 
-  // Batches of at most 256 are planned inside the attention kernel (no planner launch; over 8
+  // Batches of at most 512 are planned inside the attention kernel (no planner launch; over 8
   // only by the narrow kernel and the pair-merge build, else this compares the planner with
   // itself); the planner kernel (forced by the development switch at plan creation) must give
   // the same schedule, so the same bits.
-  if (c.b <= 256) {
+  if (c.b <= 512) {
     setenv("OPENMLA_DECODE_NO_INLINE_PLAN", "1", 1);
     DecodePlan planner_plan(cuda_device(0), cfg);
     unsetenv("OPENMLA_DECODE_NO_INLINE_PLAN");
@@ -516,11 +516,11 @@ std::vector<Case> cases() {
   v.push_back({1, 1, 6000, 16, 1, false, false, 576, 64, false, 0});
   v.push_back({3, 1, 4096, 32, 1, false, true, 512, 128, true, 8});
   v.push_back({4, 2, 3000, 16, 1, true, false, 576, 256, true, 0});
-  // Inline plans of several requests per lane of the planning warp (33-256 requests: 2-8 per
-  // lane, some lanes empty or partly filled), pair merges among them; 300 below is the planner
+  // Inline plans of several requests per lane of the planning warp (33-512 requests: 2-16 per
+  // lane, some lanes empty or partly filled), pair merges among them; 600 below is the planner
   // kernel's. Their cut lists (written by the attention kernel's first CTA) read by each combine:
-  // the row kernel (b 40, 250), the quarter-row kernel (b 32 h_q 16: few items) and, on a plan
-  // for 16 or 8 SMs (8 parts at most), the wide kernel.
+  // the row kernel (b 40, 250, 300), the quarter-row kernel (b 32 h_q 16: few items) and, on a
+  // plan for 16 or 8 SMs (8 parts at most), the wide kernel.
   v.push_back({40, 1, 900, 128, 1, false, false, 576, 64, true, 0});
   v.push_back({250, 1, 200, 16, 1, false, false, 576, 64, true, 0});
   v.push_back({45, 1, 700, 128, 1, false, true, 512, 64, true, 0});
@@ -531,6 +531,7 @@ std::vector<Case> cases() {
   // parts hold several whole requests and a few cut ones.
   v.push_back({300, 1, 300, 16, 1, false, false, 576, 64, true, 0});
   v.push_back({300, 1, 300, 128, 1, false, false, 576, 64, true, 0});
+  v.push_back({600, 1, 100, 64, 1, false, false, 576, 64, true, 0});  // the planner kernel
   // Short prefills sent through decode: s_q = 128 (16384 query rows per KV head at h_q = 128).
   v.push_back({2, 128, 300, 128, 1, true, false, 576, 64, true, 0});
   v.push_back({1, 128, 200, 16, 2, true, true, 512, 16, false, 8});

@@ -222,7 +222,7 @@ struct Segment {
 // accumulator slot, both < 2^16). Two forms (kWide, a template parameter of the kernels):
 // - batches of at most 8 (inline_plan_table, one lane per request): entry kTableSplit + i is
 //   request i's;
-// - up to kInlinePlanMaxBatch (warp_plan_table, up to 8 requests per lane; the narrow kernel and
+// - up to kInlinePlanMaxBatch (warp_plan_table, up to 16 requests per lane; the narrow kernel and
 //   the main kernel's pair-merge build): entries kTableFirst / kTableLast are the part's first
 //   and last request's (any request between them has one piece), and the grid's first CTA also
 //   writes the combine's cut list.

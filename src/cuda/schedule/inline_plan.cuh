@@ -36,7 +36,7 @@ __device__ __forceinline__ int len_blocks(int len) { return (plan_len(len) + 63)
 // kInlineSmallBatch at most kPlanMaxBlocks, so that the line of kInlinePlanMaxBatch requests fits
 // in 32 bits. Only the plan's balance depends on it: the part holding a request's end runs to its
 // end (part_end_blk).
-inline constexpr int kPlanMaxBlocks = 1 << 21;
+inline constexpr int kPlanMaxBlocks = 1 << 20;
 __device__ __forceinline__ int plan_blocks(int len, int batch) {
   const int n = len_blocks(len);
   return batch > kInlineSmallBatch ? min(n, kPlanMaxBlocks) : n;
@@ -111,7 +111,7 @@ __device__ __forceinline__ LanePlan lane_plan(const DenseDecodeKernelParams& p) 
 inline constexpr int kTableFirst = 8, kTableLast = 9;
 
 // The planner's decisions for the whole batch, computed by one warp (all lanes call it; lane l
-// holds requests l K .. l K + K - 1, K = ceil(b / 32) <= 8); lane k returns entry k of
+// holds requests l K .. l K + K - 1, K = ceil(b / 32) <= 16); lane k returns entry k of
 // part `part`'s table. With `write_list` (one warp of the grid) and a batch over
 // kInlineSmallBatch it also writes the combine's cut list (split_reqs, num_split_reqs), as
 // the planner kernel does. Rolled loops that reload the lengths (L1 hits) instead of keeping
