@@ -227,7 +227,8 @@ struct Segment {
 //   and last request's (any request between them has one piece), and the grid's first CTA also
 //   writes the combine's cut list.
 // The main kernel's other build keeps the first form: with the second, ptxas rescheduled its
-// pair loop and s_q = 2 long contexts ran 1-3.5 % slower (session 17).
+// pair loop, and s_q = 2 long contexts ran 1-3.5 % slower (unrolled form), b <= 8 1-4 % slower
+// (rolled form; session 17).
 constexpr int kTableSplit = 8;
 
 __device__ __forceinline__ int inline_plan_table(const DenseDecodeKernelParams& p, int part) {
