@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "common/harness.h"
+#include "cuda/params.h"  // kInlinePlanMaxBatch
 #include "gpu/device_tensor.h"
 
 namespace openmla::test {
@@ -207,7 +208,7 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
   // only by the narrow kernel and the pair-merge build, else this compares the planner with
   // itself); the planner kernel (forced by the development switch at plan creation) must give
   // the same schedule, so the same bits.
-  if (c.b <= 512) {
+  if (c.b <= sm90::kInlinePlanMaxBatch) {
     setenv("OPENMLA_DECODE_NO_INLINE_PLAN", "1", 1);
     DecodePlan planner_plan(cuda_device(0), cfg);
     unsetenv("OPENMLA_DECODE_NO_INLINE_PLAN");

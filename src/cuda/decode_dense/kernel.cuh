@@ -228,7 +228,8 @@ struct Segment {
 //   writes the combine's cut list.
 // The main kernel's other build keeps the first form: with the second, ptxas rescheduled its
 // pair loop, and s_q = 2 long contexts ran 1-3.5 % slower (unrolled form), b <= 8 1-4 % slower
-// (rolled form; session 17).
+// (rolled form; session 17). The two forms' table switches look alike on purpose: one helper for
+// both left this build's SASS alone but rescheduled the wide builds' pair loops.
 constexpr int kTableSplit = 8;
 
 __device__ __forceinline__ int inline_plan_table(const DenseDecodeKernelParams& p, int part) {

@@ -206,9 +206,9 @@ void dense_decode(const DenseDecodeParams& p) {
     return;
   }
 #endif
-  // (set_batch plans batches over kInlineSmallBatch inline only for the kernel builds with the
-  // wide table: the narrow kernel and the main kernel's pair-merge build.)
-  if (kp.plan.inline_plan && b > kInlineSmallBatch && !narrow && !kp.plan.merge_pairs)
+  // (set_batch plans batches over kInlineSmallBatch inline only for the builds with the wide
+  // table.)
+  if (kp.plan.inline_plan && b > kInlineSmallBatch && !wide_plan_table(narrow, kp.plan.merge_pairs))
     throw Error("plan", "internal: an inline plan for " + std::to_string(b) +
                             " requests needs the wide plan table");
   if (d_qk == 576) {

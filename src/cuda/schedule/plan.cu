@@ -540,10 +540,9 @@ void set_batch(PlanState& st, const DecodePlanConfig& c, int batch) {
   // the builds with the wide table (narrow kernel, main kernel with pair merges), up to
   // kInlineSmallBatch by the others (see kernel.cuh). OPENMLA_DECODE_NO_INLINE_PLAN=1 (at
   // creation) keeps the planner (development A/B).
-  const bool wide_table = uses_narrow_kernel(st.rows) || st.buf.merge_pairs;
-  st.buf.inline_plan =
-      !c.batch_invariant && !st.no_inline &&
-      (batch <= kInlineSmallBatch || (wide_table && batch <= kInlinePlanMaxBatch));
+  const bool wide = wide_plan_table(uses_narrow_kernel(st.rows), st.buf.merge_pairs);
+  st.buf.inline_plan = !c.batch_invariant && !st.no_inline &&
+                       (batch <= kInlineSmallBatch || (wide && batch <= kInlinePlanMaxBatch));
 }
 
 void plan_create(DecodePlan::Impl& impl) {
