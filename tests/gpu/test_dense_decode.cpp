@@ -533,8 +533,9 @@ std::vector<Case> cases() {
   v.push_back({300, 1, 300, 16, 1, false, false, 576, 64, true, 0});
   v.push_back({300, 1, 300, 128, 1, false, false, 576, 64, true, 0});
   v.push_back({600, 1, 100, 64, 1, false, false, 576, 64, true, 0});  // the planner kernel
-  // Batches over 8 with more than two m blocks: the main kernel's build without pair merges
-  // plans them inline (wide table) too; pages of 32 / fp16 / d 512, and a plan for 16 SMs.
+  // Batches over 8 with more than two m blocks: the main kernel's build without pair merges,
+  // planned by the planner kernel (its cut list through the row and wide combines); pages of
+  // 32 / fp16 / d 512, and a plan for 16 SMs.
   v.push_back({40, 2, 900, 128, 1, true, false, 576, 64, true, 0});
   v.push_back({20, 4, 700, 64, 1, true, true, 512, 32, true, 8});
   v.push_back({12, 2, 900, 128, 1, true, false, 576, 64, true, 0, 16});
