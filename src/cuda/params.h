@@ -114,6 +114,10 @@ struct DenseDecodeKernelParams {
   // (o_tma), and its partial-result tiles through a map over the plan's o_accum (a_tma).
   int o_tma, a_tma;
   PlanBuffers plan;
+  // K's L2 policy in the main kernel: evict-first, or evict-last where more than two m-block
+  // CTAs read each block (s_q = 2 at h_q = 128): the part's second pair of CTAs then re-reads
+  // less from DRAM (docs/benchmarks.md, session 19).
+  int k_evict_last;
 };
 
 }  // namespace openmla::sm90

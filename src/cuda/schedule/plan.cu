@@ -568,6 +568,11 @@ void plan_create(DecodePlan::Impl& impl) {
   st->can_merge = !c.batch_invariant && c.batch >= kMergeMinBatch &&
                   !uses_narrow_kernel(st->rows) && st->m_blocks <= 2 &&
                   !env_flag("OPENMLA_DECODE_NO_PAIR_MERGE");
+  // K evict-last where two pairs of CTAs read each block (s_q = 2 at h_q = 128): DRAM reads -7 %
+  // (ncu), -0.7 to -1.2 % time at b=128 s_k=16384/32768 (docs/benchmarks.md, session 19).
+  // OPENMLA_DECODE_K_EVICT_FIRST=1 (at creation) keeps evict-first (development A/B).
+  st->k_evict_last = !uses_narrow_kernel(st->rows) && st->m_blocks > 2 &&
+                     !env_flag("OPENMLA_DECODE_K_EVICT_FIRST");
   set_batch(*st, c, c.batch);
   if (2 * st->buf.num_parts > kMaxPieces)
     throw Error("config.num_sms", "more than " + std::to_string(kMaxPieces / 2) +
