@@ -107,6 +107,7 @@ uint64_t Config::seed() const {
 const std::vector<std::string>& gpu_suite_names() {
   static const std::vector<std::string> names = {
       "dense-decode",  "dense-decode-latency", "dense-decode-bi", "dense-decode-pages",
+      "dense-decode-mtp",
       "sparse-decode", "sparse-decode-model1", "sparse-prefill"};
   return names;
 }
@@ -175,6 +176,23 @@ std::vector<Config> gpu_suite(const std::string& name) {
         c.page = page;
         v.push_back(c);
       }
+  } else if (name == "dense-decode-mtp") {
+    // Not a SPEC §8 suite: two query tokens per request (MTP / speculative decoding) at h_q=128
+    // and batches below the dense-decode suite's 128, where a request spans many parts and its
+    // four m-block CTAs per part read each block.
+    const int rows[][2] = {{1, 4096}, {1, 32768}, {2, 8192}, {4, 8192},  {8, 8192},
+                           {8, 32768}, {16, 8192}, {32, 8192}, {64, 8192}};
+    for (auto& r : rows) {
+      Config c;
+      c.suite = name;
+      c.op = Op::kDenseDecode;
+      c.b = r[0];
+      c.s_k = r[1];
+      c.h_q = 128;
+      c.s_q = 2;
+      c.causal = true;
+      v.push_back(c);
+    }
   } else if (name == "sparse-decode") {
     auto add = [&](int b, int h_q, int topk) {
       Config c;

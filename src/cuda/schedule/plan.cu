@@ -543,6 +543,12 @@ void set_batch(PlanState& st, const DecodePlanConfig& c, int batch) {
   const bool wide = wide_plan_table(uses_narrow_kernel(st.rows), st.buf.merge_pairs);
   st.buf.inline_plan = !c.batch_invariant && !st.no_inline &&
                        (batch <= kInlineSmallBatch || (wide && batch <= kInlinePlanMaxBatch));
+  // K evict-last (plan_create) only for batches of at least two requests per part: DRAM reads
+  // -7 % (ncu) and -0.7 to -1.2 % time at b=128 s_k=16384/32768, but +1.2 to +5.3 % at b=1-32
+  // (b=64: within 0.5 %; docs/benchmarks.md, session 19). There requests are cut into many
+  // pieces; presumably evict-last K then competes in L2 with their evict-last partial results
+  // (not profiled).
+  st.k_evict_last = st.k_evict_last_ok && batch >= 2 * st.buf.num_parts;
 }
 
 void plan_create(DecodePlan::Impl& impl) {
@@ -568,11 +574,10 @@ void plan_create(DecodePlan::Impl& impl) {
   st->can_merge = !c.batch_invariant && c.batch >= kMergeMinBatch &&
                   !uses_narrow_kernel(st->rows) && st->m_blocks <= 2 &&
                   !env_flag("OPENMLA_DECODE_NO_PAIR_MERGE");
-  // K evict-last where two pairs of CTAs read each block (s_q = 2 at h_q = 128): DRAM reads -7 %
-  // (ncu), -0.7 to -1.2 % time at b=128 s_k=16384/32768 (docs/benchmarks.md, session 19).
-  // OPENMLA_DECODE_K_EVICT_FIRST=1 (at creation) keeps evict-first (development A/B).
-  st->k_evict_last = !uses_narrow_kernel(st->rows) && st->m_blocks > 2 &&
-                     !env_flag("OPENMLA_DECODE_K_EVICT_FIRST");
+  // K evict-last where two pairs of CTAs read each block (s_q = 2 at h_q = 128; for which batches:
+  // set_batch). OPENMLA_DECODE_K_EVICT_FIRST=1 (at creation) keeps evict-first (development A/B).
+  st->k_evict_last_ok = !uses_narrow_kernel(st->rows) && st->m_blocks > 2 &&
+                        !env_flag("OPENMLA_DECODE_K_EVICT_FIRST");
   set_batch(*st, c, c.batch);
   if (2 * st->buf.num_parts > kMaxPieces)
     throw Error("config.num_sms", "more than " + std::to_string(kMaxPieces / 2) +
