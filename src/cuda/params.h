@@ -115,8 +115,9 @@ struct DenseDecodeKernelParams {
   int o_tma, a_tma;
   PlanBuffers plan;
   // K's L2 policy in the main kernel: evict-first, or evict-last where more than two m-block
-  // CTAs read each block (s_q = 2 at h_q = 128): the part's second pair of CTAs then re-reads
-  // less from DRAM (docs/benchmarks.md, session 19).
+  // CTAs read each block (s_q = 2 at h_q = 128) and the batch has at least two requests per part
+  // (set_batch, schedule/plan.cu): the CTAs past the first pair then re-read less from DRAM
+  // (docs/benchmarks.md, session 19).
   int k_evict_last;
 };
 

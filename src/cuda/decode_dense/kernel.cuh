@@ -824,8 +824,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
 
   // Each block is read by the m_blocks CTAs of its request at about the same time, then never
-  // again: let L2 evict it first; but with more than two m blocks (two pairs of CTAs per block)
-  // evict-last (DenseDecodeKernelParams::k_evict_last).
+  // again: let L2 evict it first; but evict-last with more than two m blocks in large batches
+  // (DenseDecodeKernelParams::k_evict_last).
   const uint64_t policy =
       !kMerge && p.k_evict_last ? l2_policy_evict_last() : l2_policy_evict_first();
   const uint64_t policy_q = l2_policy_evict_last();  // Q tiles: read by every part of a request

@@ -574,7 +574,7 @@ void plan_create(DecodePlan::Impl& impl) {
   st->can_merge = !c.batch_invariant && c.batch >= kMergeMinBatch &&
                   !uses_narrow_kernel(st->rows) && st->m_blocks <= 2 &&
                   !env_flag("OPENMLA_DECODE_NO_PAIR_MERGE");
-  // K evict-last where two pairs of CTAs read each block (s_q = 2 at h_q = 128; for which batches:
+  // K evict-last where more than two m-block CTAs read each block (s_q = 2 at h_q = 128; batches:
   // set_batch). OPENMLA_DECODE_K_EVICT_FIRST=1 (at creation) keeps evict-first (development A/B).
   st->k_evict_last_ok = !uses_narrow_kernel(st->rows) && st->m_blocks > 2 &&
                         !env_flag("OPENMLA_DECODE_K_EVICT_FIRST");
