@@ -114,33 +114,27 @@ const std::vector<std::string>& gpu_suite_names() {
 
 std::vector<Config> gpu_suite(const std::string& name) {
   std::vector<Config> v;
+  // A dense-decode cell of this suite (page 64, h_kv 1, d 576, varlen; causal when s_q > 1).
+  auto dense = [&](int b, int s_k, int h_q, int s_q) -> Config& {
+    Config c;
+    c.suite = name;
+    c.op = Op::kDenseDecode;
+    c.b = b;
+    c.s_k = s_k;
+    c.h_q = h_q;
+    c.s_q = s_q;
+    c.causal = s_q > 1;
+    v.push_back(c);
+    return v.back();
+  };
   if (name == "dense-decode") {
     // b=128, d=576/512, page 64, h_kv=1, varlen.
     const std::pair<int, int> heads[] = {{128, 1}, {128, 2}, {64, 1}, {32, 1}, {16, 1}};
     for (auto [h_q, s_q] : heads)
-      for (int s_k : {4096, 8192, 16384, 32768}) {
-        Config c;
-        c.suite = name;
-        c.op = Op::kDenseDecode;
-        c.b = 128;
-        c.h_q = h_q;
-        c.s_q = s_q;
-        c.causal = s_q > 1;
-        c.s_k = s_k;
-        v.push_back(c);
-      }
+      for (int s_k : {4096, 8192, 16384, 32768}) dense(128, s_k, h_q, s_q);
   } else if (name == "dense-decode-latency") {
     const int rows[][3] = {{1, 4096, 128}, {8, 8192, 128}, {4, 65536, 128}, {32, 4096, 16}};
-    for (auto& r : rows) {
-      Config c;
-      c.suite = name;
-      c.op = Op::kDenseDecode;
-      c.b = r[0];
-      c.s_k = r[1];
-      c.h_q = r[2];
-      c.s_q = 1;
-      v.push_back(c);
-    }
+    for (auto& r : rows) dense(r[0], r[1], r[2], 1);
   } else if (name == "dense-decode-bi") {
     // Not a SPEC §8 suite: the cost of DecodePlanConfig::batch_invariant (no split-KV) on cells of
     // the two suites above; compare with the same labels there.
@@ -149,50 +143,20 @@ std::vector<Config> gpu_suite(const std::string& name) {
                            {128, 4096, 128, 1},
                            {128, 8192, 16, 1},
                            {128, 8192, 128, 2}};
-    for (auto& r : rows) {
-      Config c;
-      c.suite = name;
-      c.op = Op::kDenseDecode;
-      c.b = r[0];
-      c.s_k = r[1];
-      c.h_q = r[2];
-      c.s_q = r[3];
-      c.causal = c.s_q > 1;
-      c.batch_invariant = true;
-      v.push_back(c);
-    }
+    for (auto& r : rows) dense(r[0], r[1], r[2], r[3]).batch_invariant = true;
   } else if (name == "dense-decode-pages") {
     // Not a SPEC §8 suite: the page sizes engines use besides 64 (1 in SGLang's default pool,
     // 16/32 in vLLM's), on one compute-bound and one memory-bound cell of dense-decode (b=128,
     // s_k=8192); page 64 is the same cell as there.
     for (int h_q : {128, 16})
-      for (int page : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
-        Config c;
-        c.suite = name;
-        c.op = Op::kDenseDecode;
-        c.b = 128;
-        c.h_q = h_q;
-        c.s_k = 8192;
-        c.page = page;
-        v.push_back(c);
-      }
+      for (int page : {1, 2, 4, 8, 16, 32, 64, 128, 256}) dense(128, 8192, h_q, 1).page = page;
   } else if (name == "dense-decode-mtp") {
     // Not a SPEC §8 suite: two query tokens per request (MTP / speculative decoding) at h_q=128
     // and batches below the dense-decode suite's 128, where a request spans many parts and its
     // four m-block CTAs per part read each block.
     const int rows[][2] = {{1, 4096}, {1, 32768}, {2, 8192}, {4, 8192},  {8, 8192},
                            {8, 32768}, {16, 8192}, {32, 8192}, {64, 8192}};
-    for (auto& r : rows) {
-      Config c;
-      c.suite = name;
-      c.op = Op::kDenseDecode;
-      c.b = r[0];
-      c.s_k = r[1];
-      c.h_q = 128;
-      c.s_q = 2;
-      c.causal = true;
-      v.push_back(c);
-    }
+    for (auto& r : rows) dense(r[0], r[1], 128, 2);
   } else if (name == "sparse-decode") {
     auto add = [&](int b, int h_q, int topk) {
       Config c;
