@@ -39,6 +39,11 @@ struct PlanBuffers {
   // (a ticket and the first piece's signal).
   int merge_pairs;
   int32_t* merge_sync;
+  // The main kernel's K loads: evict-first, or evict-last where more than two m-block CTAs read
+  // each block (s_q = 2 at h_q = 128) and the batch has at least two requests per part (set_batch,
+  // schedule/plan.cu): the CTAs past the first pair then re-read less from DRAM
+  // (docs/benchmarks.md, session 19).
+  int k_evict_last;
 };
 // Largest batch planned inside the attention kernel (warp 0 of each CTA, up to 16 requests per
 // lane; kernel.cuh). Up to kInlineSmallBatch (one lane per request) every kernel build plans
@@ -114,11 +119,6 @@ struct DenseDecodeKernelParams {
   // (o_tma), and its partial-result tiles through a map over the plan's o_accum (a_tma).
   int o_tma, a_tma;
   PlanBuffers plan;
-  // K's L2 policy in the main kernel: evict-first, or evict-last where more than two m-block
-  // CTAs read each block (s_q = 2 at h_q = 128) and the batch has at least two requests per part
-  // (set_batch, schedule/plan.cu): the CTAs past the first pair then re-read less from DRAM
-  // (docs/benchmarks.md, session 19).
-  int k_evict_last;
 };
 
 }  // namespace openmla::sm90

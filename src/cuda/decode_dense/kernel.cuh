@@ -825,9 +825,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // Each block is read by the m_blocks CTAs of its request at about the same time, then never
   // again: let L2 evict it first; but evict-last with more than two m blocks in large batches
-  // (DenseDecodeKernelParams::k_evict_last).
+  // (PlanBuffers::k_evict_last; never with pair merges, so those builds compile it out).
   const uint64_t policy =
-      !kMerge && p.k_evict_last ? l2_policy_evict_last() : l2_policy_evict_first();
+      !kMerge && p.plan.k_evict_last ? l2_policy_evict_last() : l2_policy_evict_first();
   const uint64_t policy_q = l2_policy_evict_last();  // Q tiles: read by every part of a request
   Rows rw;
   rw.r0 = (wl / 32) * 16 + lane / 4;

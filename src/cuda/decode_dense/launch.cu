@@ -179,7 +179,6 @@ void dense_decode(const DenseDecodeParams& p) {
   kp.causal = p.causal ? 1 : 0;
   kp.fp16 = fp16 ? 1 : 0;
   kp.plan = st.buf;
-  kp.k_evict_last = st.k_evict_last ? 1 : 0;
   // Partial results in the caller's workspace (checked by the API layer: big enough, aligned).
   if (p.workspace.present() && st.slot_rows > 0)
     set_partials(kp.plan, p.workspace.data, st.slot_rows);

@@ -548,7 +548,7 @@ void set_batch(PlanState& st, const DecodePlanConfig& c, int batch) {
   // (b=64: within 0.5 %; docs/benchmarks.md, session 19). There requests are cut into many
   // pieces, and evict-last K pushes their evict-last partial results out of L2 (ncu, b=8: the
   // attention kernel writes 23 MB to DRAM instead of 5, and reads no less K).
-  st.k_evict_last = st.k_evict_last_ok && batch >= 2 * st.buf.num_parts;
+  st.buf.k_evict_last = st.k_evict_last_ok && batch >= 2 * st.buf.num_parts ? 1 : 0;
 }
 
 void plan_create(DecodePlan::Impl& impl) {

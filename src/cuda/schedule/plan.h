@@ -28,9 +28,9 @@ struct PlanState {
   // Fixed at creation (development switches are read then): inline plans disabled; pair merges
   // possible (sync words allocated for config.batch requests).
   bool no_inline = false, can_merge = false;
-  // K evict-last in the main kernel (DenseDecodeKernelParams::k_evict_last): possible for the
-  // plan's shapes (creation), chosen for the current batch (set_batch).
-  bool k_evict_last_ok = false, k_evict_last = false;
+  // K evict-last in the main kernel (PlanBuffers::k_evict_last) possible for the plan's shapes
+  // (chosen per batch by set_batch).
+  bool k_evict_last_ok = false;
 };
 
 PlanState& plan_state(const DecodePlan& plan);
