@@ -5,11 +5,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include "common/harness.h"
 #include "cuda/params.h"  // kInlinePlanMaxBatch
@@ -53,6 +56,8 @@ struct Case {
   bool varlen;  // lengths ~ N(s_k, s_k/2) with some zeros; else all s_k
   int q_pad;    // > 0: non-contiguous q and out
   int num_sms = 0;  // DecodePlanConfig::num_sms (0: every SM)
+  bool batch_invariant = false;
+  std::vector<int> lens = {};  // when not empty: the lengths (b of them; s_k, varlen unused)
 };
 
 std::string name(const Case& c) {
@@ -61,19 +66,26 @@ std::string name(const Case& c) {
      << "_hkv" << c.h_kv << (c.causal ? "_causal" : "") << (c.fp16 ? "_fp16" : "_bf16") << "_d"
      << c.d_qk << "_ps" << c.page_size << (c.q_pad ? "_strided" : "");
   if (c.num_sms) os << "_sms" << c.num_sms;
+  if (c.batch_invariant) os << "_invariant";
+  if (!c.lens.empty()) {
+    os << "_lens";
+    for (size_t i = 0; i < c.lens.size() && i < 12; ++i) os << (i ? "," : ":") << c.lens[i];
+    if (c.lens.size() > 12) os << ",...";
+  }
   return os.str();
 }
 
-class DenseDecodeGpu : public GpuTestWithParam<Case> {};
-
-TEST_P(DenseDecodeGpu, MatchesCpuReference) {
-  const Case c = GetParam();
-  std::mt19937_64 rng(1234 + c.b * 7 + c.s_q * 131 + c.h_q * 17 + c.s_k);
+// One case on the GPU against the CPU reference, then the determinism and plan-equivalence
+// reruns below (each a failed expectation of the calling test).
+void check_case(const Case& c, uint64_t seed) {
+  std::mt19937_64 rng(seed);
   const DType dt = c.fp16 ? DType::kFloat16 : DType::kBFloat16;
 
   // Lengths: varlen ~ N(s_k, s_k/2) clipped to >= 0, with a zero-length request when b > 1.
   std::vector<int> lens(c.b, c.s_k);
-  if (c.varlen) {
+  if (!c.lens.empty()) {
+    lens = c.lens;
+  } else if (c.varlen) {
     std::normal_distribution<double> nd(c.s_k, c.s_k / 2.0);
     for (auto& l : lens) l = std::max(0, static_cast<int>(nd(rng)));
     if (c.b > 1) lens[1] = 0;
@@ -125,7 +137,8 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
   dout.poison();
   dlse.poison();
   DecodePlanConfig cfg{.batch = c.b, .s_q = c.s_q, .h_q = c.h_q, .h_kv = c.h_kv, .d_qk = c.d_qk,
-                       .causal = c.causal, .num_sms = c.num_sms};
+                       .causal = c.causal, .num_sms = c.num_sms,
+                       .batch_invariant = c.batch_invariant};
   DecodePlan plan(cuda_device(0), cfg);
   plan.update(dseq.view);
   const DenseDecodeParams p =
@@ -214,6 +227,92 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
     unsetenv("OPENMLA_DECODE_NO_INLINE_PLAN");
     const int diff = rerun_diffs(planner_plan, TensorView{});
     EXPECT_EQ(diff, 0) << "inline plan and planner kernel differ in " << diff << " elements";
+  }
+}
+
+class DenseDecodeGpu : public GpuTestWithParam<Case> {};
+
+TEST_P(DenseDecodeGpu, MatchesCpuReference) {
+  const Case& c = GetParam();
+  check_case(c, 1234 + c.b * 7 + c.s_q * 131 + c.h_q * 17 + c.s_k);
+}
+
+// A random case of the supported space, drawn so that the planner's and the kernels' edge paths
+// come up often: group sizes around 64 and its divisors, several KV heads, pages that are not
+// powers of two, lengths of 0 and at block / page boundaries, one long request among short
+// ones, batches on both sides of the inline plans' limits (8, 512), plans for few SMs, and the
+// batch-invariant schedule. Work is capped so that the CPU reference stays quick.
+Case random_case(std::mt19937_64& rng) {
+  auto pick = [&](std::initializer_list<int> v) {
+    return *(v.begin() + std::uniform_int_distribution<size_t>(0, v.size() - 1)(rng));
+  };
+  auto chance = [&](double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; };
+  auto uniform = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  Case c{};
+  c.h_kv = chance(0.6) ? 1 : pick({2, 3, 4, 8});
+  const int group = pick({1, 2, 3, 5, 8, 9, 16, 17, 31, 32, 33, 48, 63, 64, 65, 96, 126, 128});
+  if (group * c.h_kv > 256) c.h_kv = 1;
+  c.h_q = group * c.h_kv;
+  c.s_q = chance(0.5) ? 1 : pick({1, 2, 2, 3, 4, 5, 7, 17, 33, 64});
+  c.causal = chance(0.5);
+  c.fp16 = chance(0.3);
+  c.d_qk = chance(0.7) ? 576 : 512;
+  c.page_size = chance(0.5) ? 64 : pick({1, 2, 3, 8, 16, 32, 48, 100, 128, 192, 256});
+  c.q_pad = chance(0.3) ? pick({8, 24, 64}) : 0;
+  c.num_sms = chance(0.6) ? 0 : pick({1, 2, 8, 16, 33, 100});
+  c.batch_invariant = chance(0.1);
+  const int kind = uniform(0, 9);
+  c.b = kind < 5 ? uniform(1, 8) : kind < 8 ? uniform(9, 64) : uniform(65, 600);
+  // Lengths: most near a scale drawn per case, some at block and page edges, some 0.
+  const int scale = pick({1, 20, 63, 64, 65, 128, 300, 1000, 3000, 8000});
+  c.lens.resize(c.b);
+  for (int& l : c.lens) {
+    const int mode = uniform(0, 9);
+    if (mode == 0) {
+      l = 0;
+    } else if (mode <= 2) {
+      l = std::max(0, 64 * uniform(1, std::max(1, scale / 64 + 1)) + uniform(-1, 1));
+    } else if (mode == 3) {
+      l = std::max(0, c.page_size * uniform(1, std::max(1, scale / c.page_size + 1)) +
+                          uniform(-1, 1));
+    } else {
+      l = uniform(0, scale);
+    }
+  }
+  if (c.b > 1 && chance(0.3)) c.lens[uniform(0, c.b - 1)] = scale * uniform(2, 6);  // one long
+  // Keep the reference's work (query rows x tokens) and the host-side cache fill bounded.
+  auto tokens = [&] {
+    int64_t t = 0;
+    for (int l : c.lens) t += l;
+    return t;
+  };
+  while (tokens() * c.s_q * c.h_q > 1'500'000 || tokens() * c.h_kv > 40'000)
+    for (int& l : c.lens) l /= 2;
+  c.s_k = c.lens.empty() ? 0 : *std::max_element(c.lens.begin(), c.lens.end());
+  return c;
+}
+
+// Random cases (GPU only; ~0.5 s each on the H200 machine, most of it the CPU reference).
+// OPENMLA_GPU_RANDOM_CASES sets how many (default 24), OPENMLA_GPU_RANDOM_SEED the first case's
+// seed (default 1), OPENMLA_GPU_RANDOM_VERBOSE=1 prints each case as it starts. A failure names
+// the case and its seed, so that it can be rerun alone with OPENMLA_GPU_RANDOM_CASES=1.
+TEST_F(GpuTest, DenseDecodeRandomCases) {
+  const char* n_env = std::getenv("OPENMLA_GPU_RANDOM_CASES");
+  const char* seed_env = std::getenv("OPENMLA_GPU_RANDOM_SEED");
+  const bool verbose = std::getenv("OPENMLA_GPU_RANDOM_VERBOSE") != nullptr;
+  const int n = n_env != nullptr ? std::atoi(n_env) : 24;
+  const uint64_t first = seed_env != nullptr ? std::strtoull(seed_env, nullptr, 10) : 1;
+  for (uint64_t seed = first; seed < first + static_cast<uint64_t>(n); ++seed) {
+    std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull);
+    const Case c = random_case(rng);
+    const std::string what = "OPENMLA_GPU_RANDOM_SEED=" + std::to_string(seed) + " " + name(c);
+    if (verbose) {
+      std::printf("case %s\n", what.c_str());
+      std::fflush(stdout);
+    }
+    SCOPED_TRACE(what);
+    check_case(c, seed);
+    if (HasFailure()) break;  // the first failing case is the one to look at
   }
 }
 
