@@ -241,8 +241,9 @@ TEST_P(DenseDecodeGpu, MatchesCpuReference) {
 // come up often: group sizes around 64 and its divisors, several KV heads, pages that are not
 // powers of two, lengths of 0 and at block / page boundaries, one long request among short
 // ones, batches on both sides of the inline plans' limits (8, 512), plans for few SMs, and the
-// batch-invariant schedule. Work is capped so that the CPU reference stays quick.
-Case random_case(std::mt19937_64& rng) {
+// batch-invariant schedule. Work is capped so that the CPU reference stays quick (`scale`
+// multiplies the caps).
+Case random_case(std::mt19937_64& rng, double scale_caps) {
   auto pick = [&](std::initializer_list<int> v) {
     return *(v.begin() + std::uniform_int_distribution<size_t>(0, v.size() - 1)(rng));
   };
@@ -286,7 +287,7 @@ Case random_case(std::mt19937_64& rng) {
     for (int l : c.lens) t += l;
     return t;
   };
-  while (tokens() * c.s_q * c.h_q > 1'500'000 || tokens() * c.h_kv > 40'000)
+  while (tokens() * c.s_q * c.h_q > 1.5e6 * scale_caps || tokens() * c.h_kv > 4e4 * scale_caps)
     for (int& l : c.lens) l /= 2;
   c.s_k = c.lens.empty() ? 0 : *std::max_element(c.lens.begin(), c.lens.end());
   return c;
@@ -294,17 +295,20 @@ Case random_case(std::mt19937_64& rng) {
 
 // Random cases (GPU only; ~0.5 s each on the H200 machine, most of it the CPU reference).
 // OPENMLA_GPU_RANDOM_CASES sets how many (default 24), OPENMLA_GPU_RANDOM_SEED the first case's
-// seed (default 1), OPENMLA_GPU_RANDOM_VERBOSE=1 prints each case as it starts. A failure names
-// the case and its seed, so that it can be rerun alone with OPENMLA_GPU_RANDOM_CASES=1.
+// seed (default 1), OPENMLA_GPU_RANDOM_SCALE multiplies the work caps (default 1: longer
+// contexts with more), OPENMLA_GPU_RANDOM_VERBOSE=1 prints each case as it starts. A failure
+// names the case and its seed, so that it can be rerun alone with OPENMLA_GPU_RANDOM_CASES=1.
 TEST_F(GpuTest, DenseDecodeRandomCases) {
   const char* n_env = std::getenv("OPENMLA_GPU_RANDOM_CASES");
   const char* seed_env = std::getenv("OPENMLA_GPU_RANDOM_SEED");
   const bool verbose = std::getenv("OPENMLA_GPU_RANDOM_VERBOSE") != nullptr;
+  const char* scale_env = std::getenv("OPENMLA_GPU_RANDOM_SCALE");
   const int n = n_env != nullptr ? std::atoi(n_env) : 24;
+  const double scale = scale_env != nullptr ? std::max(0.01, std::atof(scale_env)) : 1.0;
   const uint64_t first = seed_env != nullptr ? std::strtoull(seed_env, nullptr, 10) : 1;
   for (uint64_t seed = first; seed < first + static_cast<uint64_t>(n); ++seed) {
     std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull);
-    const Case c = random_case(rng);
+    const Case c = random_case(rng, scale);
     const std::string what = "OPENMLA_GPU_RANDOM_SEED=" + std::to_string(seed) + " " + name(c);
     if (verbose) {
       std::printf("case %s\n", what.c_str());
