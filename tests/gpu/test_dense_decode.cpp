@@ -76,7 +76,7 @@ std::string name(const Case& c) {
 }
 
 // One case on the GPU against the CPU reference, then the determinism and plan-equivalence
-// reruns below (each a failed expectation of the calling test).
+// reruns below. Failures are reported as expectations of the calling test.
 void check_case(const Case& c, uint64_t seed) {
   std::mt19937_64 rng(seed);
   const DType dt = c.fp16 ? DType::kFloat16 : DType::kBFloat16;
@@ -295,8 +295,8 @@ Case random_case(std::mt19937_64& rng, double scale_caps) {
 
 // Random cases (GPU only; ~0.5 s each on the H200 machine, most of it the CPU reference).
 // OPENMLA_GPU_RANDOM_CASES sets how many (default 24), OPENMLA_GPU_RANDOM_SEED the first case's
-// seed (default 1), OPENMLA_GPU_RANDOM_SCALE multiplies the work caps (default 1: longer
-// contexts with more), OPENMLA_GPU_RANDOM_VERBOSE=1 prints each case as it starts. A failure
+// seed (default 1), OPENMLA_GPU_RANDOM_SCALE multiplies the work caps (default 1; larger values
+// keep longer contexts), OPENMLA_GPU_RANDOM_VERBOSE=1 prints each case as it starts. A failure
 // names the case and its seed, so that it can be rerun alone with OPENMLA_GPU_RANDOM_CASES=1.
 TEST_F(GpuTest, DenseDecodeRandomCases) {
   const char* n_env = std::getenv("OPENMLA_GPU_RANDOM_CASES");
