@@ -15,18 +15,9 @@
 #include <vector>
 
 #include "openmla/openmla.h"
+#include "probe_read.cuh"
 
 using namespace openmla;
-
-__global__ void read_all(const uint4* y, size_t n, unsigned* sink) {
-  unsigned acc = 0;
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    const uint4 v = y[i];
-    acc ^= v.x ^ v.w;
-  }
-  if (acc == 0x12345678) *sink = acc;
-}
 
 // Pseudo-random bf16 in [-1, 1) (hash of the index).
 __global__ void fill_bf16(uint16_t* x, size_t n, uint32_t seed) {

@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <vector>
 
+#include "probe_read.cuh"
+
 __device__ uint64_t make_policy(int kind) {
   uint64_t p;
   if (kind == 0)
@@ -52,16 +54,6 @@ __global__ void demote_x(const char* x, size_t bytes, int mode) {
          off += size_t(gridDim.x) * blockDim.x * 128)
       asm volatile("applypriority.global.L2::evict_normal [%0], 128;" ::"l"(x + off) : "memory");
   }
-}
-
-__global__ void read_all(const uint4* y, size_t n, unsigned* sink) {
-  unsigned acc = 0;
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    const uint4 v = y[i];
-    acc ^= v.x ^ v.w;
-  }
-  if (acc == 0x12345678) *sink = acc;
 }
 
 int main() {

@@ -8,8 +8,8 @@
 
 namespace openmla::sm90 {
 
-// Whether the attention kernel that runs plans inline with the wide table (kernel.cuh: up to
-// kInlinePlanMaxBatch requests): the narrow kernel and the main kernel's pair-merge build.
+// Whether the attention kernel build that runs plans inline has the wide table (kernel.cuh: up
+// to kInlinePlanMaxBatch requests): the narrow kernel and the main kernel's pair-merge build.
 inline bool wide_plan_table(bool narrow, bool merge_pairs) { return narrow || merge_pairs; }
 
 // Per-request working arrays of the planner for batches too big for its shared memory.
